@@ -1,0 +1,34 @@
+//! The archive file: format, streaming encoder and verifying decoder, and the
+//! JSON-lines check that runs while a segment is received.
+//!
+//! An archive is a valid zstd stream: a skippable frame with the header, the
+//! segment as zstd frame(s), a skippable frame with the footer. Stock `zstd -d`
+//! skips the metadata and yields the original bytes. See docs/ARCHIVE_FORMAT.md.
+
+mod format;
+mod jsonl;
+mod reader;
+mod writer;
+
+pub use format::{ArchiveFooter, ArchiveHeader, ArchiveMetadata, FORMAT_VERSION};
+pub use jsonl::{JsonLinesChecker, JsonLinesError};
+pub use reader::{ArchiveReader, read_metadata};
+pub use writer::{ArchiveWriter, WrittenArchive};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a wal-archiver archive: {0}")]
+    NotAnArchive(String),
+    #[error("archive metadata is corrupt: {0}")]
+    CorruptMetadata(String),
+    #[error("archive format version {0} is newer than this build understands ({FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("archive data is corrupt: {0}")]
+    CorruptData(String),
+    #[error("SHA-256 mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch { expected: u64, actual: u64 },
+}

@@ -1,0 +1,123 @@
+//! Streaming encoder: bytes go through zstd to the sink as they arrive, so the
+//! memory a job needs is zstd's window and buffers, whatever the segment size.
+//! The segment's size and SHA-256 are checked before the footer is written: a
+//! mismatch returns an error and the caller discards the sink.
+
+use std::io::{self, Write};
+
+use sha2::{Digest as _, Sha256};
+
+use super::ArchiveError;
+use super::format::{self, ArchiveFooter, ArchiveHeader, FORMAT_VERSION};
+use crate::types::Digest;
+
+pub struct ArchiveWriter<W: Write> {
+    encoder: zstd::stream::write::Encoder<'static, CountingWriter<W>>,
+    hasher: Sha256,
+    written: u64,
+    header: ArchiveHeader,
+    expected: Digest,
+    header_len: u64,
+}
+
+/// The sink, handed back once the archive is complete, with the sizes written.
+pub struct WrittenArchive<W> {
+    pub sink: W,
+    pub archive_size: u64,
+    pub compressed_size: u64,
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    /// Writes the header frame and starts a zstd frame. `zstd_workers` above 1
+    /// lets zstd compress this one segment on that many threads of its own.
+    pub fn new(
+        mut sink: W,
+        header: ArchiveHeader,
+        zstd_workers: u32,
+    ) -> Result<Self, ArchiveError> {
+        let expected = header.digest()?;
+        let header_len = format::write_header(&mut sink, &header)?;
+        let mut encoder = zstd::stream::write::Encoder::new(
+            CountingWriter {
+                inner: sink,
+                count: 0,
+            },
+            header.zstd_level,
+        )?;
+        encoder.include_checksum(true)?;
+        encoder.set_pledged_src_size(Some(header.original_size))?;
+        if zstd_workers > 1 {
+            encoder.multithread(zstd_workers)?;
+        }
+        Ok(ArchiveWriter {
+            encoder,
+            hasher: Sha256::new(),
+            written: 0,
+            header,
+            expected,
+            header_len,
+        })
+    }
+
+    pub fn write_all(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+        self.written += data.len() as u64;
+        if self.written > self.header.original_size {
+            return Err(ArchiveError::SizeMismatch {
+                expected: self.header.original_size,
+                actual: self.written,
+            });
+        }
+        self.hasher.update(data);
+        self.encoder.write_all(data)?;
+        Ok(())
+    }
+
+    /// Checks size and digest, ends the zstd frame and writes the footer. The
+    /// sink is returned unflushed to durable storage: syncing is the caller's.
+    pub fn finish(self) -> Result<WrittenArchive<W>, ArchiveError> {
+        if self.written != self.header.original_size {
+            return Err(ArchiveError::SizeMismatch {
+                expected: self.header.original_size,
+                actual: self.written,
+            });
+        }
+        let actual = Digest(self.hasher.finalize().into());
+        if actual != self.expected {
+            return Err(ArchiveError::DigestMismatch {
+                expected: self.expected.to_hex(),
+                actual: actual.to_hex(),
+            });
+        }
+        let CountingWriter { mut inner, count } = self.encoder.finish()?;
+        let footer = ArchiveFooter {
+            format_version: FORMAT_VERSION,
+            original_size: self.written,
+            compressed_size: count,
+            sha256: self.header.sha256.clone(),
+        };
+        let footer_len = format::write_footer(&mut inner, &footer)?;
+        inner.flush()?;
+        Ok(WrittenArchive {
+            sink: inner,
+            archive_size: self.header_len + count + footer_len,
+            compressed_size: count,
+        })
+    }
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,212 @@
+//! The one typed configuration. Values come from, in order of precedence (last
+//! wins): built-in defaults, a TOML file (`--config`), `WAL_ARCHIVER_*`
+//! environment variables, command-line flags. Each layer is a TOML table merged
+//! over the previous one, so every key can be set the same way in every layer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "WAL_ARCHIVER_";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Jobs database, spool and archives live below this directory.
+    pub data_dir: PathBuf,
+    /// Compression workers; 0 means one per core.
+    pub archive_parallelism: usize,
+    /// Jobs a shard may have received or waiting (RECEIVING + QUEUED) before pushes get RESOURCE_EXHAUSTED.
+    pub archive_queue_size: usize,
+    /// zstd level used when a push does not ask for one.
+    pub compression_level: i32,
+    /// Largest segment accepted, in bytes.
+    pub max_segment_size: u64,
+    /// Largest data chunk in one request message, in bytes.
+    pub max_chunk_size: usize,
+    /// Pushes are refused with RESOURCE_EXHAUSTED while the data dir has less free space than this, in bytes.
+    pub min_free_bytes: u64,
+    /// Segments being received at once, over all shards; more get RESOURCE_EXHAUSTED.
+    pub max_concurrent_uploads: usize,
+    /// Longest line of a JSON-lines segment, in bytes.
+    pub max_json_line_size: usize,
+    /// Seconds running compressions get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: u64,
+    /// Use zstd's own worker threads for one segment when it is the only work and at least this big, in bytes; 0 turns it off.
+    pub multithread_min_size: u64,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./data"),
+            archive_parallelism: 0,
+            archive_queue_size: 64,
+            compression_level: 3,
+            max_segment_size: 4 << 30,
+            max_chunk_size: 1 << 20,
+            min_free_bytes: 256 << 20,
+            max_concurrent_uploads: 256,
+            max_json_line_size: 16 << 20,
+            shutdown_grace: 30,
+            multithread_min_size: 32 << 20,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file`, then the `WAL_ARCHIVER_*` variables among `env`, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: toml::Table,
+    ) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            merged.extend(table);
+        }
+        merged.extend(env_layer(env));
+        merged.extend(flags);
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.archive_queue_size == 0 {
+            return invalid("archive_queue_size must be at least 1");
+        }
+        if !(zstd::zstd_safe::min_c_level()..=zstd::zstd_safe::max_c_level())
+            .contains(&self.compression_level)
+        {
+            return invalid("compression_level is outside zstd's range");
+        }
+        if self.max_chunk_size == 0 || self.max_chunk_size > 16 << 20 {
+            return invalid("max_chunk_size must be between 1 byte and 16 MiB");
+        }
+        if self.max_concurrent_uploads == 0 {
+            return invalid("max_concurrent_uploads must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The number of compression workers actually started.
+    pub fn workers(&self) -> usize {
+        if self.archive_parallelism > 0 {
+            self.archive_parallelism
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// `WAL_ARCHIVER_ARCHIVE_QUEUE_SIZE=8` becomes `archive_queue_size = 8`. A value
+/// that parses as a TOML scalar (number, boolean) is taken as one, anything else
+/// as a string.
+fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> toml::Table {
+    let known = toml::Table::try_from(Config::default()).unwrap_or_default();
+    env.into_iter()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            let default = known.get(&key)?;
+            Some((key, scalar_like(default, &value)))
+        })
+        .collect()
+}
+
+fn scalar_like(default: &toml::Value, text: &str) -> toml::Value {
+    let parsed = match default {
+        toml::Value::Integer(_) => text.trim().parse::<i64>().ok().map(toml::Value::Integer),
+        toml::Value::Boolean(_) => text.trim().parse::<bool>().ok().map(toml::Value::Boolean),
+        toml::Value::Float(_) => text.trim().parse::<f64>().ok().map(toml::Value::Float),
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "archive_queue_size = 5\ncompression_level = 7\nlisten = \"0.0.0.0:1\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("WAL_ARCHIVER_COMPRESSION_LEVEL".to_owned(), "9".to_owned()),
+            ("WAL_ARCHIVER_DATA_DIR".to_owned(), "/x".to_owned()),
+            ("UNRELATED".to_owned(), "1".to_owned()),
+        ];
+        let mut flags = toml::Table::new();
+        flags.insert("listen".into(), toml::Value::String("127.0.0.1:9".into()));
+        let config = Config::load(Some(&file), env, flags).unwrap();
+        assert_eq!(config.archive_queue_size, 5);
+        assert_eq!(config.compression_level, 9);
+        assert_eq!(config.data_dir, PathBuf::from("/x"));
+        assert_eq!(config.listen, "127.0.0.1:9".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "archive_queue_sise = 5\n").unwrap();
+        assert!(Config::load(Some(&file), vec![], toml::Table::new()).is_err());
+        let env = vec![(
+            "WAL_ARCHIVER_ARCHIVE_QUEUE_SIZE".to_owned(),
+            "lots".to_owned(),
+        )];
+        assert!(Config::load(None, env, toml::Table::new()).is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! What a start does with what the previous run left behind. Jobs that were
+//! acknowledged resume from their spool; a job caught compressing starts over;
+//! a job still receiving was never acknowledged and fails as "interrupted"; an
+//! archive that reached its final name before its row said ARCHIVED is verified
+//! and adopted rather than written twice; temporaries and stray spool files go.
+
+use std::collections::HashSet;
+
+use super::{Inner, QueueError, RecoveryReport};
+use crate::archive::ArchiveReader;
+use crate::store::ArchiveKey;
+use crate::types::{Job, JobState};
+
+pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
+    let mut report = RecoveryReport {
+        temporaries_removed: inner.store.remove_temporaries()?,
+        ..RecoveryReport::default()
+    };
+    let mut live_spools = HashSet::new();
+    let unfinished =
+        inner
+            .db
+            .in_states(&[JobState::Receiving, JobState::Queued, JobState::Compressing])?;
+    for job in unfinished {
+        if job.state == JobState::Receiving {
+            inner.db.transition(
+                job.id,
+                &[JobState::Receiving],
+                JobState::Failed,
+                "interrupted: the service stopped while receiving; push the segment again",
+            )?;
+            inner.spool.remove(job.id)?;
+            report.interrupted += 1;
+            continue;
+        }
+        if let Some(archive_size) = verified_archive(inner, &job) {
+            inner.db.mark_archived(job.id, archive_size)?;
+            inner.spool.remove(job.id)?;
+            report.adopted += 1;
+            continue;
+        }
+        if job.state == JobState::Compressing {
+            inner
+                .db
+                .transition(job.id, &[JobState::Compressing], JobState::Queued, "")?;
+        }
+        if inner.spool.path(job.id).exists() {
+            inner.scheduler.reserve_for_recovery(job.shard_id);
+            inner.scheduler.enqueue(job.shard_id, job.id);
+            live_spools.insert(job.id);
+            report.requeued += 1;
+        } else {
+            inner.db.transition(
+                job.id,
+                &[JobState::Queued],
+                JobState::Failed,
+                "spool file lost before the archive was written; push the segment again",
+            )?;
+            report.lost += 1;
+        }
+    }
+    for id in inner.spool.list()? {
+        if !live_spools.contains(&id) {
+            inner.spool.remove(id)?;
+            report.orphan_spools_removed += 1;
+        }
+    }
+    if report != RecoveryReport::default() {
+        tracing::info!(?report, "recovered from the previous run");
+    }
+    Ok(report)
+}
+
+/// The size of the job's archive if one is in place and decodes to the job's
+/// exact segment; `None` means it must be (re)written.
+fn verified_archive(inner: &Inner, job: &Job) -> Option<u64> {
+    let key = ArchiveKey {
+        shard_id: job.shard_id,
+        log_id: job.log_id,
+    };
+    let file = inner.store.open(key).ok()??;
+    let mut reader = ArchiveReader::open(file).ok()?;
+    if Some(reader.header().sha256.as_str()) != job.sha256.map(|d| d.to_hex()).as_deref() {
+        return None;
+    }
+    reader.copy_to(&mut std::io::sink()).ok()?;
+    Some(reader.metadata().archive_size)
+}

@@ -1,0 +1,131 @@
+//! Assembles the gRPC server: our service, standard health and reflection, and
+//! the shutdown order that keeps acknowledgements true: refuse new pushes, let
+//! running compressions finish within `shutdown_grace`, leave queued jobs
+//! durable for the next start, end watch streams, then stop listening.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use super::WalArchiverService;
+use crate::config::Config;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::wal_archiver_server::WalArchiverServer;
+use crate::queue::{Archiver, QueueError};
+
+/// Room for the non-data fields of a request next to a `max_chunk_size` chunk.
+const MESSAGE_OVERHEAD: usize = 64 << 10;
+/// HTTP/2 flow-control windows: large enough that one upload stream is not
+/// throttled by round trips, small enough to bound buffered bytes per stream.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Binds `config.listen` and serves until `shutdown` resolves. `on_listening`
+/// is told the bound address (useful with port 0).
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    on_listening: impl FnOnce(SocketAddr) + Send,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let archiver_config = config.clone();
+    let (archiver, _report) =
+        tokio::task::spawn_blocking(move || Archiver::open(archiver_config)).await??;
+    let stopping = CancellationToken::new();
+    let service =
+        WalArchiverServer::new(WalArchiverService::new(archiver.clone(), stopping.clone()))
+            .max_decoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD)
+            .max_encoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    set_health(&health, ServingStatus::Serving).await;
+
+    let server = Server::builder()
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stopping.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+    tracing::info!(%local, data_dir = %config.data_dir.display(), workers = config.workers(), "serving");
+    on_listening(local);
+
+    tokio::select! {
+        () = shutdown => {}
+        finished = &mut server => {
+            archiver.shutdown(Duration::ZERO).await;
+            return Ok(finished??);
+        }
+    }
+    let grace = Duration::from_secs(config.shutdown_grace);
+    tracing::info!(
+        grace_secs = config.shutdown_grace,
+        "draining: new pushes are refused"
+    );
+    set_health(&health, ServingStatus::NotServing).await;
+    archiver.start_draining();
+    archiver.shutdown(grace).await;
+    stopping.cancel();
+    match tokio::time::timeout(grace.max(Duration::from_secs(1)), &mut server).await {
+        Ok(finished) => finished??,
+        Err(_) => {
+            tracing::warn!(
+                "uploads still open after the grace period: closing them; their jobs fail as interrupted"
+            );
+            server.abort();
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <WalArchiverServer<WalArchiverService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}

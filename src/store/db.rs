@@ -1,0 +1,443 @@
+//! The jobs database: one SQLite file in WAL mode with `synchronous = FULL`, so
+//! a committed state change survives power loss — an acknowledgement is only
+//! sent after the row that backs it is committed. At most one job per
+//! (shard_id, log_id) is active (not FAILED or CANCELLED), enforced by a
+//! partial unique index, which is what makes pushes idempotent under races.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+use crate::types::{
+    AckLevel, ContentKind, Digest, Job, JobId, JobState, JsonStats, LogId, ShardId, ShardStatus,
+    now_unix_ms,
+};
+
+pub struct JobDb {
+    conn: Mutex<Connection>,
+}
+
+/// A job as first recorded, when its header arrives.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub shard_id: ShardId,
+    pub log_id: LogId,
+    pub size: Option<u64>,
+    pub sha256: Option<Digest>,
+    pub kind: ContentKind,
+    pub ack: AckLevel,
+    pub zstd_level: i32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub shard_id: Option<ShardId>,
+    pub state: Option<JobState>,
+    pub log_id_min: Option<LogId>,
+    pub log_id_max: Option<LogId>,
+    /// Only jobs with a larger id (pagination).
+    pub after: Option<JobId>,
+    pub limit: usize,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    shard_id      INTEGER NOT NULL,
+    log_id        INTEGER NOT NULL,
+    state         TEXT    NOT NULL,
+    reason        TEXT    NOT NULL DEFAULT '',
+    size          INTEGER,
+    sha256        BLOB,
+    kind          TEXT    NOT NULL,
+    ack           TEXT    NOT NULL,
+    zstd_level    INTEGER NOT NULL,
+    archive_size  INTEGER,
+    json_entries  INTEGER,
+    json_first_ts INTEGER,
+    json_last_ts  INTEGER,
+    created_ms    INTEGER NOT NULL,
+    updated_ms    INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_segment
+    ON jobs(shard_id, log_id) WHERE state NOT IN ('FAILED', 'CANCELLED');
+CREATE INDEX IF NOT EXISTS jobs_by_segment ON jobs(shard_id, log_id);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+";
+
+const COLUMNS: &str = "id, shard_id, log_id, state, reason, size, sha256, kind, ack, zstd_level, archive_size, \
+                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms";
+
+impl JobDb {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(JobDb {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    }
+
+    /// Records a new RECEIVING job, or returns the segment's active job if it has one.
+    pub fn insert_receiving(&self, new: &NewJob) -> Result<Result<Job, Job>, StoreError> {
+        self.with(|conn| {
+            let now = now_unix_ms();
+            let inserted = conn.execute(
+                "INSERT INTO jobs (shard_id, log_id, state, size, sha256, kind, ack, zstd_level, created_ms, updated_ms)
+                 VALUES (?1, ?2, 'RECEIVING', ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                params![
+                    new.shard_id,
+                    new.log_id as i64,
+                    new.size.map(|s| s as i64),
+                    new.sha256.map(|d| d.0.to_vec()),
+                    new.kind.as_str(),
+                    new.ack.as_str(),
+                    new.zstd_level,
+                    now
+                ],
+            );
+            match inserted {
+                Ok(_) => {
+                    let id = conn.last_insert_rowid() as JobId;
+                    Ok(Ok(get(conn, id)?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?))
+                }
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    let existing = active_job(conn, new.shard_id, new.log_id)?
+                        .ok_or_else(|| StoreError::Corrupt("active job vanished during insert".into()))?;
+                    Ok(Err(existing))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    pub fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.with(|conn| get(conn, id))
+    }
+
+    pub fn active_job(&self, shard_id: ShardId, log_id: LogId) -> Result<Option<Job>, StoreError> {
+        self.with(|conn| active_job(conn, shard_id, log_id))
+    }
+
+    /// The ARCHIVED job of a segment, if any.
+    pub fn archived_job(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+    ) -> Result<Option<Job>, StoreError> {
+        self.with(|conn| {
+            let sql = format!("SELECT {COLUMNS} FROM jobs WHERE shard_id = ?1 AND log_id = ?2 AND state = 'ARCHIVED'");
+            conn.query_row(&sql, params![shard_id, log_id as i64], job_from_row)
+                .optional()?
+                .transpose()
+        })
+    }
+
+    /// RECEIVING → QUEUED with the verified size, digest and JSON statistics.
+    pub fn mark_queued(
+        &self,
+        id: JobId,
+        size: u64,
+        sha256: Digest,
+        json: Option<JsonStats>,
+    ) -> Result<Option<Job>, StoreError> {
+        self.with(|conn| {
+            let changed = conn.execute(
+                "UPDATE jobs SET state = 'QUEUED', size = ?2, sha256 = ?3, json_entries = ?4, json_first_ts = ?5,
+                        json_last_ts = ?6, updated_ms = ?7
+                 WHERE id = ?1 AND state = 'RECEIVING'",
+                params![
+                    id,
+                    size as i64,
+                    sha256.0.to_vec(),
+                    json.map(|j| j.entries as i64),
+                    json.and_then(|j| j.first_timestamp),
+                    json.and_then(|j| j.last_timestamp),
+                    now_unix_ms()
+                ],
+            )?;
+            if changed == 0 { Ok(None) } else { get(conn, id) }
+        })
+    }
+
+    /// Moves a job to `to` if it is in one of `from`; `None` when it was not
+    /// (someone else moved it first: a cancel racing a worker, say).
+    pub fn transition(
+        &self,
+        id: JobId,
+        from: &[JobState],
+        to: JobState,
+        reason: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        self.with(|conn| {
+            let from_list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",");
+            let sql = format!(
+                "UPDATE jobs SET state = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1 AND state IN ({from_list})"
+            );
+            let changed = conn.execute(&sql, params![id, to.as_str(), reason, now_unix_ms()])?;
+            if changed == 0 { Ok(None) } else { get(conn, id) }
+        })
+    }
+
+    pub fn mark_archived(&self, id: JobId, archive_size: u64) -> Result<Option<Job>, StoreError> {
+        self.with(|conn| {
+            let changed = conn.execute(
+                "UPDATE jobs SET state = 'ARCHIVED', reason = '', archive_size = ?2, updated_ms = ?3
+                 WHERE id = ?1 AND state IN ('QUEUED', 'COMPRESSING')",
+                params![id, archive_size as i64, now_unix_ms()],
+            )?;
+            if changed == 0 {
+                Ok(None)
+            } else {
+                get(conn, id)
+            }
+        })
+    }
+
+    pub fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        self.with(|conn| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM jobs
+                 WHERE (?1 IS NULL OR shard_id = ?1) AND (?2 IS NULL OR state = ?2)
+                   AND (?3 IS NULL OR log_id >= ?3) AND (?4 IS NULL OR log_id <= ?4)
+                   AND id > ?5
+                 ORDER BY id LIMIT ?6"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    filter.shard_id,
+                    filter.state.map(JobState::as_str),
+                    filter.log_id_min.map(|l| l.min(i64::MAX as u64) as i64),
+                    filter.log_id_max.map(|l| l.min(i64::MAX as u64) as i64),
+                    filter.after.unwrap_or(0) as i64,
+                    filter.limit as i64
+                ],
+                job_from_row,
+            )?;
+            rows.map(|row| row?).collect()
+        })
+    }
+
+    pub fn in_states(&self, states: &[JobState]) -> Result<Vec<Job>, StoreError> {
+        let mut jobs = Vec::new();
+        for state in states {
+            let filter = JobFilter {
+                state: Some(*state),
+                limit: usize::MAX >> 1,
+                ..JobFilter::default()
+            };
+            jobs.extend(self.list(&filter)?);
+        }
+        jobs.sort_by_key(|job| job.id);
+        Ok(jobs)
+    }
+
+    /// Counters and watermark of a shard; `None` if it never submitted anything.
+    pub fn shard_status(&self, shard_id: ShardId) -> Result<Option<ShardStatus>, StoreError> {
+        self.with(|conn| {
+            let mut status = ShardStatus {
+                shard_id,
+                ..ShardStatus::default()
+            };
+            let mut seen = false;
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(archive_size), 0)
+                 FROM jobs WHERE shard_id = ?1 GROUP BY state",
+            )?;
+            let mut rows = stmt.query(params![shard_id])?;
+            while let Some(row) = rows.next()? {
+                seen = true;
+                let state: String = row.get(0)?;
+                let count = row.get::<_, i64>(1)? as u64;
+                match state.parse::<JobState>().map_err(StoreError::Corrupt)? {
+                    JobState::Receiving => status.receiving = count,
+                    JobState::Queued => status.queued = count,
+                    JobState::Compressing => status.running = count,
+                    JobState::Archived => {
+                        status.archived = count;
+                        status.bytes_in = row.get::<_, i64>(2)? as u64;
+                        status.bytes_out = row.get::<_, i64>(3)? as u64;
+                    }
+                    JobState::Failed => status.failed = count,
+                    JobState::Cancelled => {}
+                }
+            }
+            if !seen {
+                return Ok(None);
+            }
+            status.archived_watermark = watermark(conn, shard_id)?;
+            Ok(Some(status))
+        })
+    }
+}
+
+/// The highest log_id L such that every log_id ≤ L the shard ever submitted
+/// has an ARCHIVED job. A failed or cancelled segment holds the watermark
+/// back until it is pushed again and archived: its WAL must not be deleted.
+fn watermark(conn: &Connection, shard_id: ShardId) -> Result<Option<LogId>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT log_id, MAX(state = 'ARCHIVED') FROM jobs WHERE shard_id = ?1 GROUP BY log_id ORDER BY log_id",
+    )?;
+    let mut rows = stmt.query(params![shard_id])?;
+    let mut mark = None;
+    while let Some(row) = rows.next()? {
+        let archived: bool = row.get(1)?;
+        if !archived {
+            break;
+        }
+        mark = Some(row.get::<_, i64>(0)? as LogId);
+    }
+    Ok(mark)
+}
+
+fn get(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1");
+    conn.query_row(&sql, params![id as i64], job_from_row)
+        .optional()?
+        .transpose()
+}
+
+fn active_job(
+    conn: &Connection,
+    shard_id: ShardId,
+    log_id: LogId,
+) -> Result<Option<Job>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs WHERE shard_id = ?1 AND log_id = ?2 AND state NOT IN ('FAILED', 'CANCELLED')"
+    );
+    conn.query_row(&sql, params![shard_id, log_id as i64], job_from_row)
+        .optional()?
+        .transpose()
+}
+
+fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError>> {
+    let state: String = row.get(3)?;
+    let kind: String = row.get(7)?;
+    let ack: String = row.get(8)?;
+    let sha: Option<Vec<u8>> = row.get(6)?;
+    let json_entries: Option<i64> = row.get(11)?;
+    let parsed = (|| {
+        Ok::<_, String>(Job {
+            id: row.get::<_, i64>(0).map_err(|e| e.to_string())? as JobId,
+            shard_id: row.get(1).map_err(|e| e.to_string())?,
+            log_id: row.get::<_, i64>(2).map_err(|e| e.to_string())? as LogId,
+            state: state.parse()?,
+            reason: row.get(4).map_err(|e| e.to_string())?,
+            size: row
+                .get::<_, Option<i64>>(5)
+                .map_err(|e| e.to_string())?
+                .map(|s| s as u64),
+            sha256: match sha {
+                Some(bytes) => Some(Digest::from_slice(&bytes).ok_or("sha256 is not 32 bytes")?),
+                None => None,
+            },
+            kind: kind.parse()?,
+            ack: ack.parse()?,
+            zstd_level: row.get(9).map_err(|e| e.to_string())?,
+            archive_size: row
+                .get::<_, Option<i64>>(10)
+                .map_err(|e| e.to_string())?
+                .map(|s| s as u64),
+            json: match json_entries {
+                Some(entries) => Some(JsonStats {
+                    entries: entries as u64,
+                    first_timestamp: row.get(12).map_err(|e| e.to_string())?,
+                    last_timestamp: row.get(13).map_err(|e| e.to_string())?,
+                }),
+                None => None,
+            },
+            created_unix_ms: row.get(14).map_err(|e| e.to_string())?,
+            updated_unix_ms: row.get(15).map_err(|e| e.to_string())?,
+        })
+    })();
+    Ok(parsed.map_err(StoreError::Corrupt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job(shard_id: ShardId, log_id: LogId) -> NewJob {
+        NewJob {
+            shard_id,
+            log_id,
+            size: Some(3),
+            sha256: Some(Digest::of(b"abc")),
+            kind: ContentKind::Raw,
+            ack: AckLevel::Queued,
+            zstd_level: 3,
+        }
+    }
+
+    #[test]
+    fn one_active_job_per_segment_and_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = JobDb::open(&dir.path().join("jobs.db")).unwrap();
+        let first = db.insert_receiving(&new_job(1, 10)).unwrap().unwrap();
+        let again = db.insert_receiving(&new_job(1, 10)).unwrap().unwrap_err();
+        assert_eq!(first.id, again.id);
+        let second = db.insert_receiving(&new_job(1, 11)).unwrap().unwrap();
+        let third = db.insert_receiving(&new_job(1, 12)).unwrap().unwrap();
+        assert_eq!(
+            db.shard_status(1).unwrap().unwrap().archived_watermark,
+            None
+        );
+
+        for job in [&first, &third] {
+            db.mark_queued(job.id, 3, Digest::of(b"abc"), None)
+                .unwrap()
+                .unwrap();
+            db.mark_archived(job.id, 20).unwrap().unwrap();
+        }
+        assert_eq!(
+            db.shard_status(1).unwrap().unwrap().archived_watermark,
+            Some(10)
+        );
+        db.transition(
+            second.id,
+            &[JobState::Receiving],
+            JobState::Failed,
+            "interrupted",
+        )
+        .unwrap()
+        .unwrap();
+        // A failed segment still holds the watermark back, and can be pushed again.
+        assert_eq!(
+            db.shard_status(1).unwrap().unwrap().archived_watermark,
+            Some(10)
+        );
+        let retry = db.insert_receiving(&new_job(1, 11)).unwrap().unwrap();
+        db.mark_queued(retry.id, 3, Digest::of(b"abc"), None)
+            .unwrap()
+            .unwrap();
+        db.mark_archived(retry.id, 20).unwrap().unwrap();
+        let status = db.shard_status(1).unwrap().unwrap();
+        assert_eq!(status.archived_watermark, Some(12));
+        assert_eq!(
+            (
+                status.archived,
+                status.failed,
+                status.bytes_in,
+                status.bytes_out
+            ),
+            (3, 1, 9, 60)
+        );
+        assert!(db.shard_status(2).unwrap().is_none());
+    }
+}

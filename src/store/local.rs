@@ -1,0 +1,178 @@
+//! Archives on a local filesystem: `<root>/shard-<id>/<log_id, 20 digits>.wal.zst`,
+//! so names sort by log_id. Writes go to a temporary name in the same directory,
+//! are fsynced, renamed into place, and the directory is fsynced.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{ArchiveKey, ArchiveStore, PendingArchive, ReadSeek, StoreError, sync_dir};
+
+const TEMP_PREFIX: &str = ".tmp-";
+pub const ARCHIVE_SUFFIX: &str = ".wal.zst";
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root)
+            .map_err(StoreError::io(format!("creating {}", root.display())))?;
+        Ok(LocalStore { root })
+    }
+
+    fn shard_dir(&self, key: ArchiveKey) -> PathBuf {
+        self.root.join(format!("shard-{}", key.shard_id))
+    }
+
+    pub fn path(&self, key: ArchiveKey) -> PathBuf {
+        self.shard_dir(key)
+            .join(format!("{:020}{ARCHIVE_SUFFIX}", key.log_id))
+    }
+}
+
+impl ArchiveStore for LocalStore {
+    fn create(&self, key: ArchiveKey) -> Result<Box<dyn PendingArchive>, StoreError> {
+        let dir = self.shard_dir(key);
+        if !dir.exists() {
+            fs::create_dir_all(&dir)
+                .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+            sync_dir(&self.root)
+                .map_err(StoreError::io(format!("syncing {}", self.root.display())))?;
+        }
+        let final_path = self.path(key);
+        let temp_path = dir.join(format!(
+            "{TEMP_PREFIX}{:020}-{}",
+            key.log_id,
+            std::process::id()
+        ));
+        let file = File::create(&temp_path)
+            .map_err(StoreError::io(format!("creating {}", temp_path.display())))?;
+        Ok(Box::new(LocalPending {
+            file: Some(BufWriter::with_capacity(256 << 10, file)),
+            temp_path,
+            final_path,
+            dir,
+        }))
+    }
+
+    fn open(&self, key: ArchiveKey) -> Result<Option<Box<dyn ReadSeek>>, StoreError> {
+        let path = self.path(key);
+        match File::open(&path) {
+            Ok(file) => Ok(Some(Box::new(file))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                context: format!("opening {}", path.display()),
+                source: e,
+            }),
+        }
+    }
+
+    fn remove(&self, key: ArchiveKey) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(&self.shard_dir(key))
+                    .map_err(StoreError::io("syncing shard directory"))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io {
+                context: format!("removing {}", path.display()),
+                source: e,
+            }),
+        }
+    }
+
+    fn remove_temporaries(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let shards = fs::read_dir(&self.root)
+            .map_err(StoreError::io(format!("listing {}", self.root.display())))?;
+        for shard in shards.flatten() {
+            if !shard.path().is_dir() {
+                continue;
+            }
+            removed += remove_prefixed(&shard.path(), TEMP_PREFIX)?;
+        }
+        Ok(removed)
+    }
+
+    fn location(&self, key: ArchiveKey) -> String {
+        self.path(key).display().to_string()
+    }
+}
+
+fn remove_prefixed(dir: &Path, prefix: &str) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    let entries =
+        fs::read_dir(dir).map_err(StoreError::io(format!("listing {}", dir.display())))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            fs::remove_file(entry.path()).map_err(StoreError::io(format!(
+                "removing {}",
+                entry.path().display()
+            )))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+struct LocalPending {
+    file: Option<BufWriter<File>>,
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Write for LocalPending {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().ok_or_else(closed)?.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.as_mut().ok_or_else(closed)?.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().ok_or_else(closed)?.flush()
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::other("archive already committed")
+}
+
+impl PendingArchive for LocalPending {
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let writer = self.file.take().ok_or_else(|| StoreError::Io {
+            context: "committing archive".into(),
+            source: closed(),
+        })?;
+        let file = writer.into_inner().map_err(|e| StoreError::Io {
+            context: format!("writing {}", self.temp_path.display()),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(StoreError::io(format!(
+            "syncing {}",
+            self.temp_path.display()
+        )))?;
+        drop(file);
+        fs::rename(&self.temp_path, &self.final_path).map_err(StoreError::io(format!(
+            "renaming into {}",
+            self.final_path.display()
+        )))?;
+        sync_dir(&self.dir).map_err(StoreError::io(format!("syncing {}", self.dir.display())))?;
+        Ok(())
+    }
+}
+
+impl Drop for LocalPending {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}

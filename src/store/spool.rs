@@ -1,0 +1,78 @@
+//! The spool holds a segment's bytes from receipt until its archive is durable,
+//! one file per job. It is what makes an acknowledgement at QUEUED safe: the
+//! file is fsynced (and its directory) before the job row says QUEUED.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::StoreError;
+use crate::types::JobId;
+
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        Ok(Spool { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, job: JobId) -> PathBuf {
+        self.dir.join(format!("{job:020}.seg"))
+    }
+
+    pub fn create(&self, job: JobId) -> Result<File, StoreError> {
+        let path = self.path(job);
+        File::create(&path).map_err(StoreError::io(format!(
+            "creating spool file {}",
+            path.display()
+        )))
+    }
+
+    pub fn open_file(&self, job: JobId) -> Result<File, StoreError> {
+        let path = self.path(job);
+        File::open(&path).map_err(StoreError::io(format!(
+            "opening spool file {}",
+            path.display()
+        )))
+    }
+
+    /// Makes a spool file and its directory entry durable.
+    pub fn persist(&self, file: &File) -> Result<(), StoreError> {
+        file.sync_all()
+            .map_err(StoreError::io("syncing spool file"))?;
+        sync_dir(&self.dir).map_err(StoreError::io("syncing spool directory"))
+    }
+
+    pub fn remove(&self, job: JobId) -> Result<(), StoreError> {
+        match fs::remove_file(self.path(job)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io {
+                context: format!("removing spool file of job {job}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// Job ids that have a spool file.
+    pub fn list(&self) -> Result<Vec<JobId>, StoreError> {
+        let entries = fs::read_dir(&self.dir)
+            .map_err(StoreError::io(format!("listing {}", self.dir.display())))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+            .collect())
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

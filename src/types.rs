@@ -1,0 +1,232 @@
+//! Domain types shared by every layer. Plain Rust: the protobuf types stop at
+//! the API edge (`service`), so nothing below it depends on generated code.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub type ShardId = u32;
+pub type LogId = u64;
+pub type JobId = u64;
+
+/// SHA-256 of a whole segment. Serialized as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Digest {
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Digest)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::{Digest as _, Sha256};
+        Digest(Sha256::digest(data).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.to_hex())
+    }
+}
+
+impl FromStr for Digest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = hex::decode(s).map_err(|e| format!("not a hex SHA-256: {e}"))?;
+        Digest::from_slice(&bytes)
+            .ok_or_else(|| format!("a SHA-256 has 32 bytes, got {}", bytes.len()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentKind {
+    #[default]
+    Raw,
+    JsonLines,
+}
+
+impl ContentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentKind::Raw => "raw",
+            ContentKind::JsonLines => "json_lines",
+        }
+    }
+}
+
+impl FromStr for ContentKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "raw" => Ok(ContentKind::Raw),
+            "json_lines" | "jsonl" => Ok(ContentKind::JsonLines),
+            other => Err(format!(
+                "unknown content kind {other:?} (raw or json-lines)"
+            )),
+        }
+    }
+}
+
+/// When the service answers a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AckLevel {
+    /// Bytes durably spooled, job row committed, job on its queue.
+    #[default]
+    Queued,
+    /// The archive itself is durable.
+    Archived,
+}
+
+impl AckLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckLevel::Queued => "queued",
+            AckLevel::Archived => "archived",
+        }
+    }
+}
+
+impl FromStr for AckLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "queued" => Ok(AckLevel::Queued),
+            "archived" => Ok(AckLevel::Archived),
+            other => Err(format!("unknown ack level {other:?} (queued or archived)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Receiving,
+    Queued,
+    Compressing,
+    Archived,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Receiving,
+        JobState::Queued,
+        JobState::Compressing,
+        JobState::Archived,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Archived | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Receiving => "RECEIVING",
+            JobState::Queued => "QUEUED",
+            JobState::Compressing => "COMPRESSING",
+            JobState::Archived => "ARCHIVED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.to_ascii_uppercase();
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == upper)
+            .ok_or_else(|| format!("unknown job state {s:?}"))
+    }
+}
+
+/// Statistics of a JSON-lines segment, gathered while it is received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonStats {
+    pub entries: u64,
+    pub first_timestamp: Option<i64>,
+    pub last_timestamp: Option<i64>,
+}
+
+/// Everything known about one archive job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub shard_id: ShardId,
+    pub log_id: LogId,
+    pub state: JobState,
+    /// Why the job failed or was cancelled; empty otherwise.
+    pub reason: String,
+    /// Size and digest of the segment: declared by the client, verified on receipt.
+    pub size: Option<u64>,
+    pub sha256: Option<Digest>,
+    pub kind: ContentKind,
+    pub ack: AckLevel,
+    pub zstd_level: i32,
+    pub archive_size: Option<u64>,
+    pub json: Option<JsonStats>,
+    pub created_unix_ms: i64,
+    pub updated_unix_ms: i64,
+}
+
+/// Per-shard counters and the deletion watermark.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub shard_id: ShardId,
+    pub receiving: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub archived: u64,
+    pub failed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub archived_watermark: Option<LogId>,
+}
+
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
