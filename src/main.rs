@@ -142,7 +142,13 @@ struct ServeArgs {
     max_concurrent_uploads: Option<u32>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
+    max_json_line_size: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     shutdown_grace: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    multithread_min_size: Option<u64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,

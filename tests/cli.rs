@@ -1,0 +1,219 @@
+//! The README tour through the real `wal-archiver` command.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn cli(server: &Server, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("WAL_ARCHIVER_SERVER", server.url())
+        .output()
+        .expect("run wal-archiver")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn json(output: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(output)).expect("--json prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tour_push_dir_watch_restore_inspect() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let wal_str = wal.to_str().unwrap();
+    ok(cli(
+        &server,
+        &[
+            "generate",
+            "--dir",
+            wal_str,
+            "--segments",
+            "12",
+            "--size",
+            "100000",
+        ],
+    ));
+    // Mixed padding: numeric order must win over name order (wal-9 < wal-00010).
+    std::fs::rename(wal.join("wal-00009.log"), wal.join("wal-9.log")).unwrap();
+    std::fs::write(wal.join("notes.txt"), "not a segment").unwrap();
+
+    let report = json(cli(
+        &server,
+        &[
+            "push",
+            "--shard",
+            "4",
+            "--wal-dir",
+            wal_str,
+            "--up-to",
+            "11",
+            "--kind",
+            "json-lines",
+            "--delete",
+            "--json",
+        ],
+    ));
+    let pushed: Vec<u64> = report["pushed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pushed,
+        (1..=10).collect::<Vec<_>>(),
+        "ids below --up-to, in numeric order"
+    );
+    assert!(report["failed"].as_array().unwrap().is_empty());
+    assert_eq!(report["deleted"].as_array().unwrap().len(), 10);
+    let left: Vec<String> = list(&wal)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["notes.txt", "wal-00011.log", "wal-00012.log"]);
+
+    let shard = json(cli(&server, &["shard", "4", "--json"]));
+    assert_eq!(shard["archived_watermark"], 10);
+    assert_eq!(shard["archived"], 10);
+
+    let jobs = json(cli(
+        &server,
+        &["list", "--shard", "4", "--state", "archived", "--json"],
+    ));
+    assert_eq!(jobs.as_array().unwrap().len(), 10);
+    let first_job = jobs[0]["id"].as_u64().unwrap().to_string();
+    let status = json(cli(&server, &["status", &first_job, "--json"]));
+    assert_eq!(status["state"], "ARCHIVED");
+    let watched = ok(cli(&server, &["watch", &first_job]));
+    assert!(watched.contains("ARCHIVED"), "{watched}");
+
+    // Single-file push with --wait, then restore and inspect.
+    let segment = wal.join("wal-00011.log");
+    let line = ok(cli(
+        &server,
+        &[
+            "push",
+            "--shard",
+            "4",
+            "--log-id",
+            "11",
+            segment.to_str().unwrap(),
+            "--kind",
+            "json-lines",
+            "--wait",
+        ],
+    ));
+    assert!(line.contains("ARCHIVED"), "{line}");
+    let restored = dir.path().join("restored");
+    ok(cli(
+        &server,
+        &[
+            "restore",
+            "--shard",
+            "4",
+            "--log-id",
+            "11",
+            "-o",
+            restored.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(&segment).unwrap()
+    );
+
+    let archive = server.archive_path(4, 11);
+    let inspected = Command::new(BIN)
+        .args(["inspect", "--verify", "--json", archive.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let metadata: serde_json::Value = serde_json::from_str(&ok(inspected)).unwrap();
+    assert_eq!(metadata["log_id"], 11);
+    assert_eq!(metadata["content_kind"], "json_lines");
+    assert!(metadata["json"]["entries"].as_u64().unwrap() > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_keeps_every_file_when_anything_failed() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path();
+    std::fs::write(wal.join("wal-1.log"), json_segment(1, 50_000)).unwrap();
+    std::fs::write(wal.join("wal-2.log"), b"{\"ok\":1}\nnot json\n").unwrap();
+    std::fs::write(wal.join("wal-3.log"), json_segment(3, 50_000)).unwrap();
+    let output = cli(
+        &server,
+        &[
+            "push",
+            "--shard",
+            "1",
+            "--wal-dir",
+            wal.to_str().unwrap(),
+            "--up-to",
+            "10",
+            "--kind",
+            "json-lines",
+            "--delete",
+        ],
+    );
+    assert!(
+        !output.status.success(),
+        "a failed segment makes the command fail"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("line 2"), "{stdout}");
+    for name in ["wal-1.log", "wal-2.log", "wal-3.log"] {
+        assert!(
+            Path::new(&wal.join(name)).exists(),
+            "{name} must not be deleted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_print_code_and_exit_non_zero() {
+    let server = Server::start(&[]);
+    let output = cli(&server, &["status", "424242"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("NOT_FOUND") && stderr.contains("424242"),
+        "{stderr}"
+    );
+
+    let output = cli(
+        &server,
+        &[
+            "restore",
+            "--shard",
+            "1",
+            "--log-id",
+            "5",
+            "-o",
+            "/tmp/never-written",
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(!Path::new("/tmp/never-written").exists());
+
+    let unreachable = Command::new(BIN)
+        .args(["shard", "1", "--server", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect"));
+}
