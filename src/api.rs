@@ -141,6 +141,7 @@ pub fn job_from_proto(job: &proto::Job) -> Job {
             proto::JobState::try_from(job.state).unwrap_or(proto::JobState::Unspecified),
         ),
         reason: job.reason.clone(),
+        failure: None,
         size: Some(job.size),
         sha256: Digest::from_slice(&job.sha256),
         kind: if job.kind == proto::ContentKind::JsonLines as i32 {
@@ -160,6 +161,7 @@ pub fn job_from_proto(job: &proto::Job) -> Job {
             first_timestamp: job.first_timestamp,
             last_timestamp: job.last_timestamp,
         }),
+        content_xxh3: None,
         created_unix_ms: job.created_unix_ms,
         updated_unix_ms: job.updated_unix_ms,
     }

@@ -37,6 +37,9 @@ pub struct Config {
     pub shutdown_grace: u64,
     /// Use zstd's own worker threads for one segment when it is the only work and at least this big, in bytes; 0 turns it off.
     pub multithread_min_size: u64,
+    /// Nice value (0–19) of the compression threads, so receiving and
+    /// acknowledging segments takes precedence over background compression.
+    pub worker_nice: i32,
     /// `text` or `json`.
     pub log_format: LogFormat,
 }
@@ -64,6 +67,7 @@ impl Default for Config {
             max_json_line_size: 16 << 20,
             shutdown_grace: 30,
             multithread_min_size: 32 << 20,
+            worker_nice: 10,
             log_format: LogFormat::Text,
         }
     }
@@ -127,6 +131,9 @@ impl Config {
         }
         if self.max_chunk_size == 0 || self.max_chunk_size > 16 << 20 {
             return invalid("max_chunk_size must be between 1 byte and 16 MiB");
+        }
+        if !(0..=19).contains(&self.worker_nice) {
+            return invalid("worker_nice must be between 0 and 19");
         }
         if self.max_concurrent_uploads == 0 {
             return invalid("max_concurrent_uploads must be at least 1");

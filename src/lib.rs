@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod queue;

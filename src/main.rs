@@ -80,6 +80,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark the service against the in-database baseline and the zstd CLI on the same files.
+    Bench(BenchArgs),
+    /// The in-database baseline of `bench`, run in its own process.
+    #[command(hide = true)]
+    BenchBaseline {
+        #[arg(long)]
+        out_dir: PathBuf,
+        #[arg(long)]
+        level: i32,
+        #[arg(long)]
+        shards: usize,
+        files: Vec<PathBuf>,
+    },
     /// Write deterministic JSON-lines WAL segments (wal-<id>.log) for trying things out.
     Generate {
         #[arg(long)]
@@ -151,6 +164,9 @@ struct ServeArgs {
     multithread_min_size: Option<u64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
+    worker_nice: Option<i32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
 }
 
@@ -191,6 +207,38 @@ struct PushArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Generated WAL, outputs and the server's data dir go here (reused across runs).
+    #[arg(long, default_value = "bench-work")]
+    work_dir: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    segments: u64,
+    /// MiB per segment.
+    #[arg(long, default_value_t = 10)]
+    segment_mib: usize,
+    /// MiB of the single large segment; 0 skips it.
+    #[arg(long, default_value_t = 1024)]
+    big_mib: usize,
+    /// Shard counts to run the segments with, each pushing every segment.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    shards: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    level: i32,
+    /// Segments a shard streams to the service at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Markdown file whose results block is replaced (analysis around it is kept).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// SVG chart of the throughputs.
+    #[arg(long, default_value = "docs/benchmark.svg")]
+    chart: PathBuf,
+    /// A small run (4 × 1 MiB, 1 and 4 shards, one 16 MiB segment) that writes no files.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Args)]
 struct ListArgs {
     #[arg(long)]
     shard: Option<u32>,
@@ -217,7 +265,7 @@ fn parse_state(text: &str) -> Result<JobState, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
         // A client command piped into `head` should end quietly, as CLI tools do.
         // SAFETY: setting a signal disposition before any thread is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -308,6 +356,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             verify,
             json,
         } => inspect(&archive, verify, json),
+        Command::Bench(args) => bench(args).await,
+        Command::BenchBaseline {
+            out_dir,
+            level,
+            shards,
+            files,
+        } => {
+            wal_archiver::bench::baseline(&files, &out_dir, level, shards)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Generate {
             dir,
             segments,
@@ -321,6 +379,37 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use wal_archiver::bench::BenchOptions;
+    let options = if args.quick {
+        BenchOptions {
+            work_dir: args.work_dir,
+            segments: 4,
+            segment_size: 1 << 20,
+            big_segment_size: 16 << 20,
+            shard_counts: vec![1, 4],
+            level: args.level,
+            concurrency: args.concurrency,
+            markdown: None,
+            chart: None,
+        }
+    } else {
+        BenchOptions {
+            work_dir: args.work_dir,
+            segments: args.segments,
+            segment_size: args.segment_mib << 20,
+            big_segment_size: args.big_mib << 20,
+            shard_counts: args.shards,
+            level: args.level,
+            concurrency: args.concurrency,
+            markdown: Some(args.out),
+            chart: Some(args.chart),
+        }
+    };
+    wal_archiver::bench::run(options).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -490,7 +579,7 @@ fn inspect(path: &Path, verify: bool, json: bool) -> anyhow::Result<ExitCode> {
         println!("sha256           {}", h.sha256);
         println!("zstd level       {}", h.zstd_level);
         println!("created (unix ms) {}", h.created_unix_ms);
-        if let Some(stats) = &h.json {
+        if let Some(stats) = &metadata.json {
             println!("json entries     {}", stats.entries);
             if let (Some(first), Some(last)) = (stats.first_timestamp, stats.last_timestamp) {
                 println!("timestamps       {first} .. {last}");

@@ -181,7 +181,51 @@ impl FromStr for JobState {
     }
 }
 
-/// Statistics of a JSON-lines segment, gathered while it is received.
+/// Why a job FAILED, so a caller waiting for ARCHIVED gets a precise status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The segment itself is bad: size, digest or a JSON line.
+    InvalidData,
+    /// Stored bytes no longer match what was received.
+    Integrity,
+    /// The disk is full.
+    NoSpace,
+    /// Any other I/O or internal error.
+    Internal,
+    /// The upload or the service stopped before the segment was complete.
+    Interrupted,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::InvalidData => "invalid_data",
+            FailureKind::Integrity => "integrity",
+            FailureKind::NoSpace => "no_space",
+            FailureKind::Internal => "internal",
+            FailureKind::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl FromStr for FailureKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            FailureKind::InvalidData,
+            FailureKind::Integrity,
+            FailureKind::NoSpace,
+            FailureKind::Internal,
+            FailureKind::Interrupted,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == s)
+        .ok_or_else(|| format!("unknown failure kind {s:?}"))
+    }
+}
+
+/// Statistics of a JSON-lines segment, gathered while it is compressed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JsonStats {
     pub entries: u64,
@@ -198,6 +242,8 @@ pub struct Job {
     pub state: JobState,
     /// Why the job failed or was cancelled; empty otherwise.
     pub reason: String,
+    /// What kind of failure, for FAILED jobs.
+    pub failure: Option<FailureKind>,
     /// Size and digest of the segment: declared by the client, verified on receipt.
     pub size: Option<u64>,
     pub sha256: Option<Digest>,
@@ -206,6 +252,9 @@ pub struct Job {
     pub zstd_level: i32,
     pub archive_size: Option<u64>,
     pub json: Option<JsonStats>,
+    /// XXH3-128 of the segment as received; the worker checks the spool against it.
+    #[serde(skip)]
+    pub content_xxh3: Option<u128>,
     pub created_unix_ms: i64,
     pub updated_unix_ms: i64,
 }

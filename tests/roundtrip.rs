@@ -104,7 +104,7 @@ async fn json_lines_roundtrip_with_entry_stats() {
         assert_eq!(zstd_decode(&archive), data);
         let metadata = read_metadata(std::fs::File::open(&archive).unwrap()).unwrap();
         assert_eq!(metadata.header.content_kind, ContentKind::JsonLines);
-        assert_eq!(metadata.header.json, Some(stats));
+        assert_eq!(metadata.json, Some(stats));
 
         let mut restored = Cursor::new(Vec::new());
         client

@@ -29,8 +29,6 @@ pub struct ArchiveHeader {
     pub sha256: String,
     pub zstd_level: i32,
     pub created_unix_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<JsonStats>,
 }
 
 /// Written after the data: what is only known once it is compressed.
@@ -41,6 +39,9 @@ pub struct ArchiveFooter {
     /// Bytes of the zstd data frames between header and footer.
     pub compressed_size: u64,
     pub sha256: String,
+    /// JSON-lines only: counted while compressing, so it lives here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<JsonStats>,
 }
 
 /// Header and footer together, as `inspect` shows them.
@@ -50,6 +51,8 @@ pub struct ArchiveMetadata {
     pub header: ArchiveHeader,
     pub compressed_size: u64,
     pub archive_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<JsonStats>,
 }
 
 impl ArchiveHeader {

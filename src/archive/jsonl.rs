@@ -1,11 +1,10 @@
 //! Checks JSON-lines segments while they stream in: every non-empty line must be
 //! one JSON object. Lines may straddle chunks; only the unfinished line is
 //! buffered. A bad line is reported with its 1-based number; nothing is skipped,
-//! because a database deletes its WAL on our word.
+//! because a database deletes its WAL on our word. simd-json parses each line
+//! (several times faster than serde_json here; see BENCHMARKS.md).
 
-use std::fmt;
-
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use simd_json::prelude::*;
 
 use crate::types::JsonStats;
 
@@ -21,6 +20,9 @@ pub struct JsonLinesChecker {
     line: u64,
     max_line: usize,
     stats: JsonStats,
+    /// simd-json rewrites its input, so each line is parsed from this copy.
+    scratch: Vec<u8>,
+    buffers: simd_json::Buffers,
 }
 
 impl JsonLinesChecker {
@@ -30,11 +32,13 @@ impl JsonLinesChecker {
             line: 0,
             max_line,
             stats: JsonStats::default(),
+            scratch: Vec::new(),
+            buffers: simd_json::Buffers::default(),
         }
     }
 
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), JsonLinesError> {
-        while let Some(end) = memchr(b'\n', data) {
+        while let Some(end) = memchr::memchr(b'\n', data) {
             let (head, rest) = data.split_at(end);
             if self.partial.is_empty() {
                 self.check_line(head)?;
@@ -61,42 +65,45 @@ impl JsonLinesChecker {
 
     fn append_partial(&mut self, data: &[u8]) -> Result<(), JsonLinesError> {
         if self.partial.len() + data.len() > self.max_line {
-            return Err(JsonLinesError {
-                line: self.line + 1,
-                message: format!(
-                    "line is longer than max_json_line_size ({} bytes)",
-                    self.max_line
-                ),
-            });
+            return Err(self.too_long(self.line + 1));
         }
         self.partial.extend_from_slice(data);
         Ok(())
     }
 
+    fn too_long(&self, line: u64) -> JsonLinesError {
+        JsonLinesError {
+            line,
+            message: format!(
+                "line is longer than max_json_line_size ({} bytes)",
+                self.max_line
+            ),
+        }
+    }
+
     fn check_line(&mut self, raw: &[u8]) -> Result<(), JsonLinesError> {
         self.line += 1;
         if raw.len() > self.max_line {
-            return Err(JsonLinesError {
-                line: self.line,
-                message: format!(
-                    "line is longer than max_json_line_size ({} bytes)",
-                    self.max_line
-                ),
-            });
+            return Err(self.too_long(self.line));
         }
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let mut de = serde_json::Deserializer::from_slice(raw);
-        let entry = de
-            .deserialize_map(EntryVisitor)
-            .and_then(|entry| de.end().map(|()| entry))
-            .map_err(|e| JsonLinesError {
-                line: self.line,
-                message: describe(&e),
-            })?;
+        let line = self.line;
+        let bad = |message: String| JsonLinesError { line, message };
+        self.scratch.clear();
+        self.scratch.extend_from_slice(raw);
+        let tape = simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers)
+            .map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let value = tape.as_value();
+        let Some(object) = value.as_object() else {
+            return Err(bad(format!(
+                "not a JSON object but {}",
+                type_name(value.value_type())
+            )));
+        };
         self.stats.entries += 1;
-        if let Some(ts) = entry.timestamp {
+        if let Some(ts) = object.get("timestamp").and_then(|v| v.as_i64()) {
             self.stats.first_timestamp.get_or_insert(ts);
             self.stats.last_timestamp = Some(ts);
         }
@@ -104,48 +111,17 @@ impl JsonLinesChecker {
     }
 }
 
-fn describe(e: &serde_json::Error) -> String {
-    let what = if e.is_eof() {
-        "truncated JSON"
-    } else {
-        "not a JSON object"
-    };
-    format!("{what}: {e}")
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
-}
-
-struct Entry {
-    timestamp: Option<i64>,
-}
-
-/// Accepts only a JSON object (serde would otherwise take an array for a struct)
-/// and keeps an integer `timestamp` if there is one.
-struct EntryVisitor;
-
-impl<'de> Visitor<'de> for EntryVisitor {
-    type Value = Entry;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
-        let mut timestamp = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "timestamp" {
-                timestamp = map.next_value::<serde_json::Value>()?.as_i64();
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
+fn type_name(kind: simd_json::ValueType) -> &'static str {
+    use simd_json::ValueType;
+    match kind {
+        ValueType::Array => "an array",
+        ValueType::String => "a string",
+        ValueType::Bool => "a boolean",
+        ValueType::Null => "null",
+        ValueType::I64 | ValueType::U64 | ValueType::F64 | ValueType::I128 | ValueType::U128 => {
+            "a number"
         }
-        Ok(Entry { timestamp })
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Entry, A::Error> {
-        Err(de::Error::invalid_type(de::Unexpected::Seq, &self))
+        _ => "not an object",
     }
 }
 
@@ -181,7 +157,18 @@ mod tests {
         assert_eq!(check(&[b"\"str\"\n"]).unwrap_err().line, 1);
         let err = check(&[b"{}\n{\"a\":1,}\n"]).unwrap_err();
         assert_eq!(err.line, 2);
-        assert!(err.message.contains("not a JSON object"), "{}", err.message);
+        assert!(err.message.contains("not valid JSON"), "{}", err.message);
+        let err = check(&[b"[1]\n"]).unwrap_err();
+        assert!(
+            err.message.contains("not a JSON object but an array"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            check(&[b"{\"s\":\"\xff\"}\n"]).unwrap_err().line,
+            1,
+            "invalid UTF-8"
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum ArchiveError {
     CorruptData(String),
     #[error("SHA-256 mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("content differs from the segment as received: XXH3-128 {actual}, expected {expected}")]
+    ContentMismatch { expected: String, actual: String },
     #[error("size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch { expected: u64, actual: u64 },
 }

@@ -92,6 +92,7 @@ impl<R: Read> ArchiveReader<R> {
             header: self.header.clone(),
             compressed_size: self.footer.compressed_size,
             archive_size: self.archive_size,
+            json: self.footer.json,
         }
     }
 

@@ -1,6 +1,6 @@
 use crate::archive::{ArchiveError, JsonLinesError};
 use crate::store::StoreError;
-use crate::types::{Digest, Job, JobId, JobState, LogId, ShardId};
+use crate::types::{Digest, FailureKind, Job, JobId, JobState, LogId, ShardId};
 
 /// Everything the engine can refuse or fail with. The service maps each to a
 /// gRPC status in one place (`service::status`).
@@ -95,6 +95,27 @@ impl QueueError {
             QueueError::Store(StoreError::Io { source, .. }) => Some(source),
             QueueError::Archive(ArchiveError::Io(source)) => Some(source),
             _ => None,
+        }
+    }
+
+    /// How a job that failed with this error is recorded.
+    pub fn failure_kind(&self) -> FailureKind {
+        if self.is_out_of_space() {
+            return FailureKind::NoSpace;
+        }
+        match self {
+            QueueError::Invalid(_)
+            | QueueError::BadJsonLine(_)
+            | QueueError::SizeMismatch { .. }
+            | QueueError::DigestMismatch { .. }
+            | QueueError::MissingDigest => FailureKind::InvalidData,
+            QueueError::Archive(
+                ArchiveError::ContentMismatch { .. } | ArchiveError::SizeMismatch { .. },
+            ) => FailureKind::Integrity,
+            QueueError::Interrupted(_) | QueueError::Cancelled(_) | QueueError::ShuttingDown => {
+                FailureKind::Interrupted
+            }
+            _ => FailureKind::Internal,
         }
     }
 

@@ -1,5 +1,7 @@
-//! Taking a segment in. The bytes go to a spool file while they are hashed and,
-//! for JSON lines, checked; nothing is committed because the stream ended — a
+//! Taking a segment in. The bytes go to a spool file while they are hashed
+//! (SHA-256 to verify the client's digest, XXH3-128 so the worker can verify the
+//! spool cheaply). Parsing JSON lines is left to the worker's compression pass,
+//! off the acknowledgement path. Nothing is committed because the stream ended — a
 //! client that aborts mid-upload can look like a clean end of stream — only
 //! once the received size and SHA-256 match what was declared.
 
@@ -11,11 +13,11 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::{Inner, QueueError, blocking};
-use crate::archive::JsonLinesChecker;
-use crate::store::NewJob;
-use crate::types::{AckLevel, ContentKind, Digest, Job, JobState, JsonStats, LogId, ShardId};
+use crate::store::{NewJob, Received};
+use crate::types::{AckLevel, ContentKind, Digest, FailureKind, Job, JobState, LogId, ShardId};
 
 /// The header of a push, already translated from the wire.
 #[derive(Clone, Debug)]
@@ -38,7 +40,7 @@ pub struct Accepted {
 
 pub enum Begin {
     /// The same segment was pushed before; nothing more to receive.
-    Known(Accepted),
+    Known(Box<Accepted>),
     /// Send the data with `Upload::write`, then `Upload::finish`.
     Stream(Box<Upload>),
 }
@@ -72,16 +74,14 @@ enum Mode {
 /// What the bytes pass through on a blocking thread.
 struct Sink {
     hasher: Sha256,
+    checksum: Xxh3,
     file: Option<File>,
-    checker: Option<JsonLinesChecker>,
 }
 
 impl Sink {
     fn absorb(&mut self, data: &[u8]) -> Result<(), QueueError> {
         self.hasher.update(data);
-        if let Some(checker) = &mut self.checker {
-            checker.feed(data)?;
-        }
+        self.checksum.update(data);
         if let Some(file) = &mut self.file {
             file.write_all(data)
                 .map_err(|e| QueueError::io("writing spool file", e))?;
@@ -119,7 +119,8 @@ pub(super) async fn begin(inner: Arc<Inner>, request: SegmentRequest) -> Result<
         let db_inner = inner.clone();
         let (shard, log) = (request.shard_id, request.log_id);
         if let Some(existing) = blocking(move || Ok(db_inner.db.active_job(shard, log)?)).await? {
-            return known_or_conflict(existing, sha).map(Begin::Known);
+            return known_or_conflict(existing, sha)
+                .map(|accepted| Begin::Known(Box::new(accepted)));
         }
     }
     inner.enough_free_space(request.size.unwrap_or(0))?;
@@ -173,15 +174,16 @@ pub(super) async fn begin(inner: Arc<Inner>, request: SegmentRequest) -> Result<
             inner.scheduler.release(request.shard_id);
             return match (existing.state, request.sha256) {
                 (JobState::Receiving, _) => Err(busy(&existing)),
-                (_, Some(sha)) => known_or_conflict(existing, sha).map(Begin::Known),
+                (_, Some(sha)) => known_or_conflict(existing, sha)
+                    .map(|accepted| Begin::Known(Box::new(accepted))),
                 (_, None) => Ok(Begin::Stream(Box::new(Upload {
                     inner,
                     request,
                     mode: Mode::Compare { existing },
                     sink: Some(Sink {
                         hasher: Sha256::new(),
+                        checksum: Xxh3::new(),
                         file: None,
-                        checker: None,
                     }),
                     received: 0,
                     finished: false,
@@ -202,16 +204,14 @@ pub(super) async fn begin(inner: Arc<Inner>, request: SegmentRequest) -> Result<
         .unwrap_or_else(|p| p.into_inner())
         .insert(job.id, cancel.clone());
     inner.emit(&job);
-    let checker = (request.kind == ContentKind::JsonLines)
-        .then(|| JsonLinesChecker::new(config.max_json_line_size));
     Ok(Begin::Stream(Box::new(Upload {
         inner,
         request,
         mode: Mode::Spool { job },
         sink: Some(Sink {
             hasher: Sha256::new(),
+            checksum: Xxh3::new(),
             file: Some(file),
-            checker,
         }),
         received: 0,
         finished: false,
@@ -340,10 +340,6 @@ impl Upload {
                 .fail(QueueError::DigestMismatch { declared, received })
                 .await);
         }
-        let json = match sink.checker.map(JsonLinesChecker::finish).transpose() {
-            Ok(json) => json,
-            Err(e) => return Err(self.fail(e.into()).await),
-        };
         match &self.mode {
             Mode::Compare { existing } => {
                 self.finished = true;
@@ -355,8 +351,12 @@ impl Upload {
             }
             Mode::Spool { job } => {
                 let id = job.id;
-                let file = sink.file;
-                let commit = self.commit(id, file, declared, json).await;
+                let received = Received {
+                    size: self.received,
+                    sha256: declared,
+                    content_xxh3: sink.checksum.digest128(),
+                };
+                let commit = self.commit(id, sink.file, received).await;
                 match commit {
                     Ok(Some(job)) => {
                         self.finished = true;
@@ -380,12 +380,10 @@ impl Upload {
         &self,
         id: u64,
         file: Option<File>,
-        sha: Digest,
-        json: Option<JsonStats>,
+        received: Received,
     ) -> Result<Option<Job>, QueueError> {
         let inner = self.inner.clone();
         let durable = self.request.ack == AckLevel::Queued;
-        let size = self.received;
         blocking(move || {
             if let Some(file) = file {
                 // Ack ARCHIVED needs no durable spool: nothing is promised until
@@ -395,7 +393,7 @@ impl Upload {
                     inner.spool.persist(&file)?;
                 }
             }
-            Ok(inner.db.mark_queued(id, size, sha, json)?)
+            Ok(inner.db.mark_queued(id, &received)?)
         })
         .await
     }
@@ -414,15 +412,13 @@ impl Upload {
         self.finished = true;
         self.sink = None;
         if let Mode::Spool { job } = &self.mode {
-            let (state, reason) = match &err {
-                QueueError::Cancelled(_) => {
-                    (JobState::Cancelled, "cancelled by request".to_owned())
-                }
-                other => (JobState::Failed, other.to_string()),
+            let outcome = match &err {
+                QueueError::Cancelled(_) => None,
+                other => Some((other.failure_kind(), other.to_string())),
             };
             let inner = self.inner.clone();
             let (id, shard) = (job.id, job.shard_id);
-            let recorded = blocking(move || abandon(&inner, id, shard, state, &reason)).await;
+            let recorded = blocking(move || abandon(&inner, id, shard, outcome)).await;
             if let Err(e) = recorded {
                 tracing::error!(job_id = id, error = %e, "could not record a failed upload");
             }
@@ -442,17 +438,23 @@ impl Upload {
     }
 }
 
+/// Ends a RECEIVING job: FAILED with `failure`, or CANCELLED when it is `None`.
 fn abandon(
     inner: &Inner,
     id: u64,
     shard: ShardId,
-    state: JobState,
-    reason: &str,
+    failure: Option<(FailureKind, String)>,
 ) -> Result<(), QueueError> {
     inner.scheduler.release(shard);
-    let job = inner
-        .db
-        .transition(id, &[JobState::Receiving], state, reason);
+    let job = match failure {
+        Some((kind, reason)) => inner.db.fail(id, &[JobState::Receiving], kind, &reason),
+        None => inner.db.transition(
+            id,
+            &[JobState::Receiving],
+            JobState::Cancelled,
+            "cancelled by request",
+        ),
+    };
     let removed = inner.spool.remove(id);
     if let Some(job) = job? {
         inner.emit(&job);
@@ -474,7 +476,8 @@ impl Drop for Upload {
             let (id, shard) = (job.id, job.shard_id);
             let cleanup = move || {
                 let reason = "interrupted: the client went away before the segment was complete";
-                if let Err(e) = abandon(&inner, id, shard, JobState::Failed, reason) {
+                let failure = Some((FailureKind::Interrupted, reason.to_owned()));
+                if let Err(e) = abandon(&inner, id, shard, failure) {
                     tracing::error!(job_id = id, error = %e, "could not record an abandoned upload");
                 }
             };

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use super::{Inner, QueueError, RecoveryReport};
 use crate::archive::ArchiveReader;
 use crate::store::ArchiveKey;
-use crate::types::{Job, JobState};
+use crate::types::{FailureKind, Job, JobState, JsonStats};
 
 pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
     let mut report = RecoveryReport {
@@ -23,18 +23,18 @@ pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
             .in_states(&[JobState::Receiving, JobState::Queued, JobState::Compressing])?;
     for job in unfinished {
         if job.state == JobState::Receiving {
-            inner.db.transition(
+            inner.db.fail(
                 job.id,
                 &[JobState::Receiving],
-                JobState::Failed,
+                FailureKind::Interrupted,
                 "interrupted: the service stopped while receiving; push the segment again",
             )?;
             inner.spool.remove(job.id)?;
             report.interrupted += 1;
             continue;
         }
-        if let Some(archive_size) = verified_archive(inner, &job) {
-            inner.db.mark_archived(job.id, archive_size)?;
+        if let Some((archive_size, json)) = verified_archive(inner, &job) {
+            inner.db.mark_archived(job.id, archive_size, json)?;
             inner.spool.remove(job.id)?;
             report.adopted += 1;
             continue;
@@ -50,10 +50,10 @@ pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
             live_spools.insert(job.id);
             report.requeued += 1;
         } else {
-            inner.db.transition(
+            inner.db.fail(
                 job.id,
                 &[JobState::Queued],
-                JobState::Failed,
+                FailureKind::Internal,
                 "spool file lost before the archive was written; push the segment again",
             )?;
             report.lost += 1;
@@ -73,7 +73,7 @@ pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
 
 /// The size of the job's archive if one is in place and decodes to the job's
 /// exact segment; `None` means it must be (re)written.
-fn verified_archive(inner: &Inner, job: &Job) -> Option<u64> {
+fn verified_archive(inner: &Inner, job: &Job) -> Option<(u64, Option<JsonStats>)> {
     let key = ArchiveKey {
         shard_id: job.shard_id,
         log_id: job.log_id,
@@ -84,5 +84,6 @@ fn verified_archive(inner: &Inner, job: &Job) -> Option<u64> {
         return None;
     }
     reader.copy_to(&mut std::io::sink()).ok()?;
-    Some(reader.metadata().archive_size)
+    let metadata = reader.metadata();
+    Some((metadata.archive_size, metadata.json))
 }

@@ -6,26 +6,45 @@ use std::sync::Arc;
 
 use super::scheduler::{Interrupt, Task};
 use super::{Inner, QueueError};
-use crate::archive::{ArchiveHeader, ArchiveWriter, FORMAT_VERSION};
+use crate::archive::{ArchiveHeader, ArchiveWriter, FORMAT_VERSION, JsonLinesChecker};
 use crate::store::ArchiveKey;
-use crate::types::{Job, JobState, now_unix_ms};
+use crate::types::{ContentKind, Job, JobState, JsonStats, now_unix_ms};
 
 /// Spool bytes read per step: large enough to amortize syscalls, small enough
 /// that a cancel or shutdown is noticed within milliseconds.
 const SPOOL_READ_BUFFER: usize = 1 << 20;
 
 enum Outcome {
-    Archived(u64),
+    Archived(u64, Option<JsonStats>),
     Interrupted(Interrupt),
     Failed(QueueError),
 }
 
 pub(super) fn run(inner: &Arc<Inner>) {
+    lower_priority(inner.config.worker_nice);
     while let Some(task) = inner.scheduler.next() {
         let span = tracing::info_span!("job", job_id = task.job_id);
         let _entered = span.enter();
         run_job(inner, &task);
         inner.scheduler.finished(task.job_id);
+    }
+}
+
+/// Compression is background work: at a lower CPU priority it yields to the
+/// threads that receive segments, so acknowledgements stay fast while the
+/// workers keep every idle cycle.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority have no memory-safety preconditions; on
+    // Linux PRIO_PROCESS with a thread id sets that one thread's nice value.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc != 0 {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the worker's CPU priority");
     }
 }
 
@@ -45,13 +64,13 @@ fn run_job(inner: &Inner, task: &Task) {
     inner.emit(&job);
     let started = std::time::Instant::now();
     let outcome = match compress(inner, &job, task) {
-        Ok(size) => Outcome::Archived(size),
+        Ok((size, json)) => Outcome::Archived(size, json),
         Err(Outcome::Interrupted(why)) => Outcome::Interrupted(why),
         Err(Outcome::Failed(e)) => Outcome::Failed(e),
-        Err(Outcome::Archived(_)) => unreachable!("compress never fails with success"),
+        Err(Outcome::Archived(..)) => unreachable!("compress never fails with success"),
     };
     let recorded = match &outcome {
-        Outcome::Archived(size) => inner.db.mark_archived(id, *size),
+        Outcome::Archived(size, json) => inner.db.mark_archived(id, *size, *json),
         Outcome::Interrupted(Interrupt::Cancel) => inner.db.transition(
             id,
             &[JobState::Compressing],
@@ -63,17 +82,17 @@ fn run_job(inner: &Inner, task: &Task) {
                 .db
                 .transition(id, &[JobState::Compressing], JobState::Queued, "")
         }
-        Outcome::Failed(e) => inner.db.transition(
+        Outcome::Failed(e) => inner.db.fail(
             id,
             &[JobState::Compressing],
-            JobState::Failed,
+            e.failure_kind(),
             &e.to_string(),
         ),
     };
     match recorded {
         Ok(Some(job)) => {
             match &outcome {
-                Outcome::Archived(size) => tracing::info!(
+                Outcome::Archived(size, _) => tracing::info!(
                     shard_id = job.shard_id,
                     log_id = job.log_id,
                     size = job.size.unwrap_or(0),
@@ -99,11 +118,14 @@ fn run_job(inner: &Inner, task: &Task) {
     }
 }
 
-fn compress(inner: &Inner, job: &Job, task: &Task) -> Result<u64, Outcome> {
+/// Streams the spool through the JSON-lines check (for JSON_LINES) and the
+/// encoder into the archive store; returns the archive size and JSON stats.
+fn compress(inner: &Inner, job: &Job, task: &Task) -> Result<(u64, Option<JsonStats>), Outcome> {
     let failed = |e: QueueError| Outcome::Failed(e);
-    let (Some(size), Some(sha)) = (job.size, job.sha256) else {
+    let (Some(size), Some(sha), Some(content_xxh3)) = (job.size, job.sha256, job.content_xxh3)
+    else {
         return Err(failed(QueueError::Internal(
-            "queued job without size or digest".into(),
+            "queued job without size, digest or checksum".into(),
         )));
     };
     let mut spool = inner
@@ -119,7 +141,6 @@ fn compress(inner: &Inner, job: &Job, task: &Task) -> Result<u64, Outcome> {
         sha256: sha.to_hex(),
         zstd_level: job.zstd_level,
         created_unix_ms: now_unix_ms(),
-        json: job.json,
     };
     let threshold = inner.config.multithread_min_size;
     let zstd_workers = if task.alone && threshold > 0 && size >= threshold {
@@ -132,8 +153,10 @@ fn compress(inner: &Inner, job: &Job, task: &Task) -> Result<u64, Outcome> {
         log_id: job.log_id,
     };
     let pending = inner.store.create(key).map_err(|e| failed(e.into()))?;
-    let mut writer =
-        ArchiveWriter::new(pending, header, zstd_workers).map_err(|e| failed(e.into()))?;
+    let mut writer = ArchiveWriter::new(pending, header, content_xxh3, zstd_workers)
+        .map_err(|e| failed(e.into()))?;
+    let mut checker = (job.kind == ContentKind::JsonLines)
+        .then(|| JsonLinesChecker::new(inner.config.max_json_line_size));
     let mut buf = vec![0u8; SPOOL_READ_BUFFER];
     loop {
         if let Some(why) = task.stop.get() {
@@ -147,18 +170,25 @@ fn compress(inner: &Inner, job: &Job, task: &Task) -> Result<u64, Outcome> {
         if n == 0 {
             break;
         }
+        if let Some(checker) = &mut checker {
+            checker.feed(&buf[..n]).map_err(|e| failed(e.into()))?;
+        }
         writer
             .write_all(&buf[..n])
             .map_err(|e| failed(spool_damaged(e.into())))?;
     }
+    let json = checker
+        .map(JsonLinesChecker::finish)
+        .transpose()
+        .map_err(|e| failed(e.into()))?;
     let written = writer
-        .finish()
+        .finish(json)
         .map_err(|e| failed(spool_damaged(e.into())))?;
     if let Some(why) = task.stop.get() {
         return Err(Outcome::Interrupted(why));
     }
     written.sink.commit().map_err(|e| failed(e.into()))?;
-    Ok(written.archive_size)
+    Ok((written.archive_size, json))
 }
 
 /// A spool that no longer matches its verified digest was damaged after the

@@ -56,7 +56,7 @@ impl WalArchiver for WalArchiverService {
         let segment = api::segment_request(header)?;
         let ack = segment.ack;
         let accepted = match self.archiver.begin(segment).await.map_err(status)? {
-            Begin::Known(accepted) => accepted,
+            Begin::Known(accepted) => *accepted,
             Begin::Stream(upload) => receive(*upload, stream).await?,
         };
         let mut job = accepted.job;

@@ -25,6 +25,9 @@ const MESSAGE_OVERHEAD: usize = 64 << 10;
 /// throttled by round trips, small enough to bound buffered bytes per stream.
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame a client may send: with the 16 KiB default a 1 MiB
+/// chunk costs 64 frames, each a wakeup of the connection and stream tasks.
+const MAX_FRAME_SIZE: u32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -80,6 +83,7 @@ pub async fn serve(
     let server = Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME_SIZE))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)

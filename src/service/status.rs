@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 use crate::archive::ArchiveError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
+use crate::types::FailureKind;
 
 pub fn status(err: QueueError) -> Status {
     Status::new(code(&err), err.to_string())
@@ -21,7 +22,14 @@ pub fn code(err: &QueueError) -> Code {
         }
         E::JobNotFound(_) | E::SegmentNotFound { .. } | E::ShardNotFound(_) => Code::NotFound,
         E::Conflict { .. } => Code::AlreadyExists,
-        E::Busy { .. } | E::JobFailed(_) => Code::Aborted,
+        E::Busy { .. } => Code::Aborted,
+        E::JobFailed(job) => match job.failure {
+            Some(FailureKind::InvalidData) => Code::InvalidArgument,
+            Some(FailureKind::Integrity) => Code::DataLoss,
+            Some(FailureKind::NoSpace) => Code::ResourceExhausted,
+            Some(FailureKind::Interrupted) | None => Code::Aborted,
+            Some(FailureKind::Internal) => Code::Internal,
+        },
         E::NotCancellable { .. } => Code::FailedPrecondition,
         E::Invalid(_) | E::BadJsonLine(_) | E::SizeMismatch { .. } | E::MissingDigest => {
             Code::InvalidArgument

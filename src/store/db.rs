@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::StoreError;
 use crate::types::{
-    AckLevel, ContentKind, Digest, Job, JobId, JobState, JsonStats, LogId, ShardId, ShardStatus,
-    now_unix_ms,
+    AckLevel, ContentKind, Digest, FailureKind, Job, JobId, JobState, JsonStats, LogId, ShardId,
+    ShardStatus, now_unix_ms,
 };
 
 pub struct JobDb {
@@ -29,6 +29,14 @@ pub struct NewJob {
     pub kind: ContentKind,
     pub ack: AckLevel,
     pub zstd_level: i32,
+}
+
+/// What receiving a segment proved about it.
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    pub size: u64,
+    pub sha256: Digest,
+    pub content_xxh3: u128,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -58,6 +66,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     json_entries  INTEGER,
     json_first_ts INTEGER,
     json_last_ts  INTEGER,
+    content_xxh3  BLOB,
+    failure       TEXT,
     created_ms    INTEGER NOT NULL,
     updated_ms    INTEGER NOT NULL
 );
@@ -68,7 +78,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 ";
 
 const COLUMNS: &str = "id, shard_id, log_id, state, reason, size, sha256, kind, ack, zstd_level, archive_size, \
-                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms";
+                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms, content_xxh3, failure";
 
 impl JobDb {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -148,26 +158,17 @@ impl JobDb {
         })
     }
 
-    /// RECEIVING → QUEUED with the verified size, digest and JSON statistics.
-    pub fn mark_queued(
-        &self,
-        id: JobId,
-        size: u64,
-        sha256: Digest,
-        json: Option<JsonStats>,
-    ) -> Result<Option<Job>, StoreError> {
+    /// RECEIVING → QUEUED with the verified size, digest, content checksum and JSON statistics.
+    pub fn mark_queued(&self, id: JobId, received: &Received) -> Result<Option<Job>, StoreError> {
         self.with(|conn| {
             let changed = conn.execute(
-                "UPDATE jobs SET state = 'QUEUED', size = ?2, sha256 = ?3, json_entries = ?4, json_first_ts = ?5,
-                        json_last_ts = ?6, updated_ms = ?7
+                "UPDATE jobs SET state = 'QUEUED', size = ?2, sha256 = ?3, content_xxh3 = ?4, updated_ms = ?5
                  WHERE id = ?1 AND state = 'RECEIVING'",
                 params![
                     id,
-                    size as i64,
-                    sha256.0.to_vec(),
-                    json.map(|j| j.entries as i64),
-                    json.and_then(|j| j.first_timestamp),
-                    json.and_then(|j| j.last_timestamp),
+                    received.size as i64,
+                    received.sha256.0.to_vec(),
+                    received.content_xxh3.to_le_bytes().to_vec(),
                     now_unix_ms()
                 ],
             )?;
@@ -194,18 +195,52 @@ impl JobDb {
         })
     }
 
-    pub fn mark_archived(&self, id: JobId, archive_size: u64) -> Result<Option<Job>, StoreError> {
+    pub fn mark_archived(
+        &self,
+        id: JobId,
+        archive_size: u64,
+        json: Option<JsonStats>,
+    ) -> Result<Option<Job>, StoreError> {
         self.with(|conn| {
             let changed = conn.execute(
-                "UPDATE jobs SET state = 'ARCHIVED', reason = '', archive_size = ?2, updated_ms = ?3
+                "UPDATE jobs SET state = 'ARCHIVED', reason = '', archive_size = ?2, json_entries = ?3,
+                        json_first_ts = ?4, json_last_ts = ?5, updated_ms = ?6
                  WHERE id = ?1 AND state IN ('QUEUED', 'COMPRESSING')",
-                params![id, archive_size as i64, now_unix_ms()],
+                params![
+                    id,
+                    archive_size as i64,
+                    json.map(|j| j.entries as i64),
+                    json.and_then(|j| j.first_timestamp),
+                    json.and_then(|j| j.last_timestamp),
+                    now_unix_ms()
+                ],
             )?;
             if changed == 0 {
                 Ok(None)
             } else {
                 get(conn, id)
             }
+        })
+    }
+
+    /// Moves a job in one of `from` to FAILED with its kind and reason.
+    pub fn fail(
+        &self,
+        id: JobId,
+        from: &[JobState],
+        kind: FailureKind,
+        reason: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        let job = self.transition(id, from, JobState::Failed, reason)?;
+        if job.is_none() {
+            return Ok(None);
+        }
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET failure = ?2 WHERE id = ?1",
+                params![id, kind.as_str()],
+            )?;
+            get(conn, id)
         })
     }
 
@@ -332,6 +367,8 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError>> {
     let ack: String = row.get(8)?;
     let sha: Option<Vec<u8>> = row.get(6)?;
     let json_entries: Option<i64> = row.get(11)?;
+    let content_xxh3: Option<Vec<u8>> = row.get(16)?;
+    let failure: Option<String> = row.get(17)?;
     let parsed = (|| {
         Ok::<_, String>(Job {
             id: row.get::<_, i64>(0).map_err(|e| e.to_string())? as JobId,
@@ -339,6 +376,7 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError>> {
             log_id: row.get::<_, i64>(2).map_err(|e| e.to_string())? as LogId,
             state: state.parse()?,
             reason: row.get(4).map_err(|e| e.to_string())?,
+            failure: failure.as_deref().map(str::parse).transpose()?,
             size: row
                 .get::<_, Option<i64>>(5)
                 .map_err(|e| e.to_string())?
@@ -360,6 +398,14 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError>> {
                     first_timestamp: row.get(12).map_err(|e| e.to_string())?,
                     last_timestamp: row.get(13).map_err(|e| e.to_string())?,
                 }),
+                None => None,
+            },
+            content_xxh3: match content_xxh3 {
+                Some(bytes) => Some(u128::from_le_bytes(
+                    bytes
+                        .try_into()
+                        .map_err(|_| "content_xxh3 is not 16 bytes")?,
+                )),
                 None => None,
             },
             created_unix_ms: row.get(14).map_err(|e| e.to_string())?,
@@ -385,6 +431,14 @@ mod tests {
         }
     }
 
+    fn received() -> Received {
+        Received {
+            size: 3,
+            sha256: Digest::of(b"abc"),
+            content_xxh3: xxhash_rust::xxh3::xxh3_128(b"abc"),
+        }
+    }
+
     #[test]
     fn one_active_job_per_segment_and_watermark() {
         let dir = tempfile::tempdir().unwrap();
@@ -400,10 +454,8 @@ mod tests {
         );
 
         for job in [&first, &third] {
-            db.mark_queued(job.id, 3, Digest::of(b"abc"), None)
-                .unwrap()
-                .unwrap();
-            db.mark_archived(job.id, 20).unwrap().unwrap();
+            db.mark_queued(job.id, &received()).unwrap().unwrap();
+            db.mark_archived(job.id, 20, None).unwrap().unwrap();
         }
         assert_eq!(
             db.shard_status(1).unwrap().unwrap().archived_watermark,
@@ -423,10 +475,8 @@ mod tests {
             Some(10)
         );
         let retry = db.insert_receiving(&new_job(1, 11)).unwrap().unwrap();
-        db.mark_queued(retry.id, 3, Digest::of(b"abc"), None)
-            .unwrap()
-            .unwrap();
-        db.mark_archived(retry.id, 20).unwrap().unwrap();
+        db.mark_queued(retry.id, &received()).unwrap().unwrap();
+        db.mark_archived(retry.id, 20, None).unwrap().unwrap();
         let status = db.shard_status(1).unwrap().unwrap();
         assert_eq!(status.archived_watermark, Some(12));
         assert_eq!(

@@ -7,7 +7,7 @@ mod spool;
 
 use std::io::{Read, Seek, Write};
 
-pub use db::{JobDb, JobFilter, NewJob};
+pub use db::{JobDb, JobFilter, NewJob, Received};
 pub use local::LocalStore;
 pub use spool::{Spool, sync_dir};
 
