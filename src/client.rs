@@ -13,7 +13,10 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::api;
@@ -165,35 +168,83 @@ pub struct DirReport {
     pub deleted: Vec<PathBuf>,
 }
 
+/// Where and how to connect.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    /// `http://host:port`, or `https://host:port` for TLS.
+    pub url: String,
+    /// PEM CA that signed the server's certificate (TLS).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate and key, when the server verifies clients.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Bearer token, when the server has a tokens file.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Rpc = WalArchiverClient<InterceptedService<Channel, BearerToken>>;
+
 #[derive(Clone)]
 pub struct Client {
-    rpc: WalArchiverClient<Channel>,
+    rpc: Rpc,
     retry: RetryPolicy,
 }
 
 impl Client {
+    /// Plain connection without TLS or token.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|source| ClientError::Connect {
-                url: url.to_owned(),
-                source,
-            })?
+        Client::connect_with(&Connection {
+            url: url.to_owned(),
+            ..Connection::default()
+        })
+        .await
+    }
+
+    pub async fn connect_with(connection: &Connection) -> Result<Client, ClientError> {
+        let url = &connection.url;
+        let connect_error = |source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(connect_error)?
             .connect_timeout(Duration::from_secs(10))
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
-        Ok(Client::with_channel(channel))
+        if url.starts_with("https://") || connection.ca.is_some() || connection.cert.is_some() {
+            endpoint = endpoint
+                .tls_config(tls_config(connection)?)
+                .map_err(connect_error)?;
+        }
+        let channel = endpoint.connect().await.map_err(connect_error)?;
+        let token = match &connection.token {
+            Some(token) => Some(format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                ClientError::Invalid("the token has characters a header cannot carry".into())
+            })?),
+            None => None,
+        };
+        Ok(Client::with_channel(channel, token))
     }
 
-    pub fn with_channel(channel: Channel) -> Client {
+    fn with_channel(channel: Channel, token: Option<MetadataValue<Ascii>>) -> Client {
         Client {
-            rpc: WalArchiverClient::new(channel).max_decoding_message_size(MAX_RESPONSE_MESSAGE),
+            rpc: WalArchiverClient::with_interceptor(channel, BearerToken(token))
+                .max_decoding_message_size(MAX_RESPONSE_MESSAGE),
             retry: RetryPolicy::default(),
         }
     }
@@ -517,6 +568,22 @@ impl Client {
             .map_err(ClientError::io(format!("renaming into {}", path.display())))?;
         Ok(written)
     }
+}
+
+fn tls_config(connection: &Connection) -> Result<ClientTlsConfig, ClientError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(ClientError::io(format!("reading {}", path.display())))
+    };
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &connection.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    match (&connection.cert, &connection.key) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        (None, None) => {}
+        _ => return Err(ClientError::Invalid("--cert and --key go together".into())),
+    }
+    Ok(tls)
 }
 
 /// `wal-42.log` or `wal-00042.log` → 42.

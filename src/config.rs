@@ -42,7 +42,19 @@ pub struct Config {
     pub worker_nice: i32,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// PEM certificate chain and key: serve gRPC over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it.
+    pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of bearer tokens (see docs/OPERATIONS.md); unset means no authentication.
+    pub tokens_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without a tokens file.
+    pub allow_unauthenticated: bool,
 }
+
+/// Keys whose default is unset, so they are absent from the defaults table.
+const OPTIONAL_KEYS: [&str; 4] = ["tls_cert", "tls_key", "tls_client_ca", "tokens_file"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +81,11 @@ impl Default for Config {
             multithread_min_size: 32 << 20,
             worker_nice: 10,
             log_format: LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tokens_file: None,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -132,6 +149,22 @@ impl Config {
         if self.max_chunk_size == 0 || self.max_chunk_size > 16 << 20 {
             return invalid("max_chunk_size must be between 1 byte and 16 MiB");
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together");
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid("tls_client_ca needs tls_cert and tls_key");
+        }
+        if !self.listen.ip().is_loopback()
+            && self.tokens_file.is_none()
+            && !self.allow_unauthenticated
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without authentication: set tokens_file, or allow_unauthenticated = true \
+                 to serve anyone who can reach that address",
+                self.listen
+            )));
+        }
         if !(0..=19).contains(&self.worker_nice) {
             return invalid("worker_nice must be between 0 and 19");
         }
@@ -161,8 +194,14 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> toml::Table {
     env.into_iter()
         .filter_map(|(name, value)| {
             let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
-            let default = known.get(&key)?;
-            Some((key, scalar_like(default, &value)))
+            match known.get(&key) {
+                Some(default) => Some((key, scalar_like(default, &value))),
+                None if OPTIONAL_KEYS.contains(&key.as_str()) => {
+                    Some((key, toml::Value::String(value)))
+                }
+                // Not a server key (WAL_ARCHIVER_SERVER and WAL_ARCHIVER_TOKEN are the client's).
+                None => None,
+            }
         })
         .collect()
 }

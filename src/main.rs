@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use wal_archiver::archive::{ArchiveReader, read_metadata};
 use wal_archiver::client::{
-    Client, ClientError, DEFAULT_SERVER, DirOptions, Progress, PushOptions,
+    Client, ClientError, Connection, DEFAULT_SERVER, DirOptions, Progress, PushOptions,
 };
 use wal_archiver::config::{Config, LogFormat};
 use wal_archiver::proto;
@@ -117,6 +117,17 @@ struct ClientArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Bearer token, when the server has a tokens file.
+    #[arg(long, env = "WAL_ARCHIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA of the server's certificate (TLS; use an https:// URL).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// PEM client certificate, when the server verifies clients.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 /// Every flag overrides the config key of the same name (see README).
@@ -168,6 +179,22 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_client_ca: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_file: Option<String>,
+    /// Allow a non-loopback listen address without a tokens file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Args)]
@@ -593,7 +620,14 @@ fn inspect(path: &Path, verify: bool, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(args: &ClientArgs) -> Result<Client, ClientError> {
-    Client::connect(&args.server).await
+    Client::connect_with(&Connection {
+        url: args.server.clone(),
+        ca: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        token: args.token.clone(),
+    })
+    .await
 }
 
 /// `NotFound` → `NOT_FOUND`, as gRPC documents its codes.

@@ -1,5 +1,6 @@
 //! gRPC handlers: read the wire, call the engine, map errors once (`status`).
 
+pub mod auth;
 mod server;
 mod status;
 
@@ -17,6 +18,7 @@ use crate::proto::{self, archive_request::Msg, wal_archiver_server::WalArchiver}
 use crate::queue::{Accepted, Archiver, Begin, QueueError, Trailer, Upload};
 use crate::store::JobFilter;
 use crate::types::{AckLevel, JobState};
+use auth::{Access, Tokens};
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
@@ -27,11 +29,28 @@ pub struct WalArchiverService {
     archiver: Archiver,
     /// Fires when the service stops: ends watch streams and waits for ARCHIVED.
     stopping: CancellationToken,
+    tokens: Tokens,
 }
 
 impl WalArchiverService {
-    pub fn new(archiver: Archiver, stopping: CancellationToken) -> Self {
-        WalArchiverService { archiver, stopping }
+    pub fn new(archiver: Archiver, stopping: CancellationToken, tokens: Tokens) -> Self {
+        WalArchiverService {
+            archiver,
+            stopping,
+            tokens,
+        }
+    }
+
+    /// The job, if the caller may read its shard.
+    async fn readable_job<T>(
+        &self,
+        request: &Request<T>,
+        id: u64,
+    ) -> Result<crate::types::Job, Status> {
+        let job = self.archiver.job(id).await.map_err(status)?;
+        self.tokens
+            .authorize(request.extensions(), Access::Read(job.shard_id))?;
+        Ok(job)
     }
 }
 
@@ -41,7 +60,7 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<Streaming<proto::ArchiveRequest>>,
     ) -> Result<Response<proto::ArchiveReply>, Status> {
-        let mut stream = request.into_inner();
+        let (_, extensions, mut stream) = request.into_parts();
         let header = match stream.message().await.map_err(stream_error)? {
             Some(proto::ArchiveRequest {
                 msg: Some(Msg::Header(header)),
@@ -54,6 +73,8 @@ impl WalArchiver for WalArchiverService {
             None => return Err(Status::invalid_argument("empty stream: no segment header")),
         };
         let segment = api::segment_request(header)?;
+        self.tokens
+            .authorize(&extensions, Access::Push(segment.shard_id))?;
         let ack = segment.ack;
         let accepted = match self.archiver.begin(segment).await.map_err(status)? {
             Begin::Known(accepted) => *accepted,
@@ -82,10 +103,8 @@ impl WalArchiver for WalArchiverService {
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
         let job = self
-            .archiver
-            .job(request.into_inner().job_id)
-            .await
-            .map_err(status)?;
+            .readable_job(&request, request.get_ref().job_id)
+            .await?;
         Ok(Response::new(api::job(job)))
     }
 
@@ -93,6 +112,11 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsReply>, Status> {
+        let access = match request.get_ref().shard_id {
+            Some(shard) => Access::Read(shard),
+            None => Access::ReadAll,
+        };
+        self.tokens.authorize(request.extensions(), access)?;
         let request = request.into_inner();
         let limit = match request.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
@@ -131,9 +155,9 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let id = request.into_inner().job_id;
+        let id = request.get_ref().job_id;
         // Refuse an unknown job with a status rather than a stream that errors.
-        self.archiver.job(id).await.map_err(status)?;
+        self.readable_job(&request, id).await?;
         let states = self
             .archiver
             .watch(id)
@@ -146,6 +170,8 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
+        self.tokens
+            .authorize(request.extensions(), Access::Cancel)?;
         let id = request.into_inner().job_id;
         let job = self.archiver.cancel(id).await.map_err(status)?;
         if job.state != JobState::Cancelled {
@@ -162,11 +188,10 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::GetShardRequest>,
     ) -> Result<Response<proto::Shard>, Status> {
-        let shard = self
-            .archiver
-            .shard(request.into_inner().shard_id)
-            .await
-            .map_err(status)?;
+        let shard_id = request.get_ref().shard_id;
+        self.tokens
+            .authorize(request.extensions(), Access::Read(shard_id))?;
+        let shard = self.archiver.shard(shard_id).await.map_err(status)?;
         Ok(Response::new(api::shard(shard)))
     }
 
@@ -176,6 +201,10 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::RestoreRequest>,
     ) -> Result<Response<Self::RestoreStream>, Status> {
+        self.tokens.authorize(
+            request.extensions(),
+            Access::Restore(request.get_ref().shard_id),
+        )?;
         let request = request.into_inner();
         let chunks = self
             .archiver

@@ -10,10 +10,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use super::WalArchiverService;
+use super::auth::{Tokens, TokensError};
 use crate::config::Config;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wal_archiver_server::WalArchiverServer;
@@ -28,6 +30,8 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Largest HTTP/2 frame a client may send: with the 16 KiB default a 1 MiB
 /// chunk costs 64 frames, each a wakeup of the connection and stream tasks.
 const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// How often the tokens file is checked for changes (SIGHUP reloads at once).
+const TOKENS_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -44,6 +48,10 @@ pub enum ServeError {
     Reflection(String),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Tokens(#[from] TokensError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves. `on_listening`
@@ -64,15 +72,36 @@ pub async fn serve(
         source,
     })?;
 
+    let tokens = match &config.tokens_file {
+        Some(path) => {
+            let tokens = Tokens::load(path)?;
+            tokens.watch(path.clone(), TOKENS_POLL);
+            tokens
+        }
+        None => Tokens::disabled(),
+    };
+    if !config.listen.ip().is_loopback()
+        && (config.tls_cert.is_none() || config.tokens_file.is_none())
+    {
+        tracing::warn!(
+            listen = %config.listen,
+            tls = config.tls_cert.is_some(),
+            authentication = config.tokens_file.is_some(),
+            "!!! LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT BOTH TLS AND TOKENS: anyone who can reach it can \
+             read or push WAL in the clear !!!"
+        );
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     let archiver_config = config.clone();
     let (archiver, _report) =
         tokio::task::spawn_blocking(move || Archiver::open(archiver_config)).await??;
     let stopping = CancellationToken::new();
-    let service =
-        WalArchiverServer::new(WalArchiverService::new(archiver.clone(), stopping.clone()))
-            .max_decoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD)
-            .max_encoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD);
+    let handlers = WalArchiverService::new(archiver.clone(), stopping.clone(), tokens.clone());
+    let service = WalArchiverServer::new(handlers)
+        .max_decoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD)
+        .max_encoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD);
+    // Health and reflection stay open; our service needs a token when auth is on.
+    let service = InterceptedService::new(service, move |request| tokens.authenticate(request));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -80,7 +109,7 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     set_health(&health, ServingStatus::Serving).await;
 
-    let server = Server::builder()
+    let server = tls(Server::builder(), &config)?
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_frame_size(Some(MAX_FRAME_SIZE))
@@ -122,6 +151,23 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn tls(builder: Server, config: &Config) -> Result<Server, ServeError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(builder);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    builder
+        .tls_config(tls)
+        .map_err(|e| ServeError::Tls(e.to_string()))
 }
 
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {

@@ -1,0 +1,372 @@
+//! TLS with certificates made here (rcgen), bearer tokens with roles and shard
+//! sets, and the loopback-only default, each refusal checked on the real server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tonic::Code;
+use wal_archiver::client::{Client, ClientError, Connection, PushOptions, RetryPolicy};
+
+const SHARD_SECRET: &str = "shard-one-secret";
+const OBSERVER_SECRET: &str = "observer-secret";
+const ADMIN_SECRET: &str = "admin-secret";
+
+fn write_tokens(path: &Path, extra: &str) {
+    let shard_digest = wal_archiver::types::Digest::of(SHARD_SECRET.as_bytes()).to_hex();
+    let text = format!(
+        r#"
+[[tokens]]
+name = "shard-1"
+role = "shard"
+shards = [1]
+sha256 = "{shard_digest}"
+
+[[tokens]]
+name = "dashboard"
+role = "observer"
+secret = "{OBSERVER_SECRET}"
+
+[[tokens]]
+name = "operator"
+role = "admin"
+secret = "{ADMIN_SECRET}"
+{extra}"#
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+async fn client_with(server: &Server, token: Option<&str>) -> Client {
+    Client::connect_with(&Connection {
+        url: server.url(),
+        token: token.map(str::to_owned),
+        ..Connection::default()
+    })
+    .await
+    .unwrap()
+    .retry_policy(RetryPolicy::none())
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> Code {
+    match result {
+        Err(ClientError::Rpc(status)) => status.code(),
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+fn segment_file(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, json_segment(seed, 20_000)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    write_tokens(&tokens, "");
+    let server = Server::start(&["--tokens-file", tokens.to_str().unwrap()]);
+    let wal = segment_file(dir.path(), "wal-1.log", 1);
+    let options = PushOptions::default();
+
+    // No token, or an unknown one: UNAUTHENTICATED, for writes and reads alike.
+    let anonymous = client_with(&server, None).await;
+    assert_eq!(
+        code(anonymous.push_file(1, 1, &wal, &options).await),
+        Code::Unauthenticated
+    );
+    assert_eq!(code(anonymous.shard(1).await), Code::Unauthenticated);
+    let stranger = client_with(&server, Some("not-a-token")).await;
+    assert_eq!(code(stranger.shard(1).await), Code::Unauthenticated);
+
+    // A shard token: its own shard only, and never cancel.
+    let shard = client_with(&server, Some(SHARD_SECRET)).await;
+    let pushed = shard.push_file(1, 1, &wal, &options).await.unwrap();
+    let archived = shard.wait(pushed.job.id).await.unwrap();
+    assert_eq!(shard.shard(1).await.unwrap().archived_watermark, Some(1));
+    let mut restored = std::io::Cursor::new(Vec::new());
+    shard.restore_to(1, 1, &mut restored, None).await.unwrap();
+    assert_eq!(restored.into_inner(), std::fs::read(&wal).unwrap());
+    assert_eq!(
+        code(shard.push_file(2, 1, &wal, &options).await),
+        Code::PermissionDenied
+    );
+    let mut sink = std::io::Cursor::new(Vec::new());
+    assert_eq!(
+        code(shard.restore_to(2, 1, &mut sink, None).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(shard.cancel(archived.id).await),
+        Code::PermissionDenied
+    );
+    let all_shards = wal_archiver::proto::ListJobsRequest::default();
+    assert_eq!(
+        code(shard.list(all_shards.clone()).await),
+        Code::PermissionDenied
+    );
+    let own = wal_archiver::proto::ListJobsRequest {
+        shard_id: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(shard.list(own).await.unwrap().0.len(), 1);
+
+    // An observer reads everything and changes nothing.
+    let observer = client_with(&server, Some(OBSERVER_SECRET)).await;
+    assert_eq!(observer.job(archived.id).await.unwrap().id, archived.id);
+    assert_eq!(observer.list(all_shards).await.unwrap().0.len(), 1);
+    assert_eq!(observer.shard(1).await.unwrap().archived, 1);
+    assert_eq!(
+        code(observer.push_file(1, 2, &wal, &options).await),
+        Code::PermissionDenied
+    );
+    let mut sink = std::io::Cursor::new(Vec::new());
+    assert_eq!(
+        code(observer.restore_to(1, 1, &mut sink, None).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(observer.cancel(archived.id).await),
+        Code::PermissionDenied
+    );
+
+    // An admin may cancel: this job is finished, so the refusal is the job's state.
+    let admin = client_with(&server, Some(ADMIN_SECRET)).await;
+    assert_eq!(
+        code(admin.cancel(archived.id).await),
+        Code::FailedPrecondition
+    );
+    admin.push_file(9, 1, &wal, &options).await.unwrap();
+
+    // Health stays open without a token.
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_file_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    write_tokens(&tokens, "");
+    let server = Server::start(&["--tokens-file", tokens.to_str().unwrap()]);
+    let newcomer = client_with(&server, Some("new-shard-secret")).await;
+    assert_eq!(code(newcomer.shard(1).await), Code::Unauthenticated);
+
+    write_tokens(
+        &tokens,
+        "[[tokens]]\nname = \"shard-2\"\nrole = \"shard\"\nshards = [2]\nsecret = \"new-shard-secret\"\n",
+    );
+    signal(server.pid(), libc::SIGHUP);
+    let wal = segment_file(dir.path(), "wal-5.log", 5);
+    let pushed = eventually(Duration::from_secs(30), || async {
+        newcomer
+            .push_file(2, 5, &wal, &PushOptions::default())
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(pushed.job.shard_id, 2);
+    assert!(server.log_text().contains("tokens reloaded"));
+
+    // A broken file is refused and the tokens in force stay.
+    std::fs::write(&tokens, "this is not toml [[").unwrap();
+    signal(server.pid(), libc::SIGHUP);
+    eventually(Duration::from_secs(30), || async {
+        server.log_text().contains("not reloaded").then_some(())
+    })
+    .await;
+    assert!(newcomer.shard(2).await.is_ok());
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        for (name, names) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ),
+            ("client", vec!["shard-1".to_owned()]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_owned()
+    }
+}
+
+async fn tls_client(
+    server: &Server,
+    ca: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+) -> Result<Client, ClientError> {
+    let (cert, key) = client_cert.unzip();
+    Client::connect_with(&Connection {
+        url: format!("https://{}", server.addr),
+        ca,
+        cert,
+        key,
+        token: None,
+    })
+    .await
+    .map(|c| c.retry_policy(RetryPolicy::none()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_client_certificates() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = segment_file(dir.path(), "wal-1.log", 3);
+
+    let server = Server::start(&[
+        "--tls-cert",
+        &pki.arg("server.pem"),
+        "--tls-key",
+        &pki.arg("server.key"),
+    ]);
+    let client = tls_client(&server, Some(pki.path("ca.pem")), None)
+        .await
+        .unwrap();
+    let pushed = client
+        .push_file(1, 1, &wal, &PushOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(client.wait(pushed.job.id).await.unwrap().shard_id, 1);
+    // Plain text to a TLS port, or TLS without trusting the CA, gets nowhere.
+    let plain = Client::connect(&server.url()).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(plain) => plain
+            .retry_policy(RetryPolicy::none())
+            .shard(1)
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plain text must not reach a TLS server");
+    let untrusting = tls_client(&server, None, None).await;
+    let refused = match untrusting {
+        Err(_) => true,
+        Ok(c) => c.shard(1).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a client that does not trust the CA must not connect"
+    );
+    drop(server);
+
+    let mutual = Server::start(&[
+        "--tls-cert",
+        &pki.arg("server.pem"),
+        "--tls-key",
+        &pki.arg("server.key"),
+        "--tls-client-ca",
+        &pki.arg("ca.pem"),
+    ]);
+    let without_cert = tls_client(&mutual, Some(pki.path("ca.pem")), None).await;
+    let refused = match without_cert {
+        Err(_) => true,
+        Ok(c) => c
+            .push_file(1, 1, &wal, &PushOptions::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate must be refused");
+    let with_cert = tls_client(
+        &mutual,
+        Some(pki.path("ca.pem")),
+        Some((pki.path("client.pem"), pki.path("client.key"))),
+    )
+    .await
+    .unwrap();
+    let pushed = with_cert
+        .push_file(1, 1, &wal, &PushOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(with_cert.wait(pushed.job.id).await.unwrap().log_id, 1);
+}
+
+#[test]
+fn public_address_needs_tokens_or_an_explicit_opt_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created when the config is refused"
+    );
+
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--allow-unauthenticated",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(
+        line.starts_with("wal-archiver listening on 0.0.0.0:"),
+        "{line}"
+    );
+    signal(child.id(), libc::SIGTERM);
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WITHOUT BOTH TLS AND TOKENS"), "{stderr}");
+}
