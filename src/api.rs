@@ -5,7 +5,10 @@ use tonic::Status;
 
 use crate::proto;
 use crate::queue::{SegmentRequest, Trailer};
-use crate::types::{AckLevel, ContentKind, Digest, Job, JobState, JsonStats, ShardStatus};
+use crate::types::{
+    AckLevel, ContentKind, Digest, Job, JobState, JsonStats, LogIdGap, ShardStatus, VerifyProblem,
+    VerifyReport,
+};
 
 pub fn segment_request(header: proto::SegmentHeader) -> Result<SegmentRequest, Status> {
     let kind = match proto::ContentKind::try_from(header.kind) {
@@ -114,6 +117,7 @@ pub fn job(job: Job) -> proto::Job {
         json_entries: job.json.map(|j| j.entries),
         first_timestamp: job.json.and_then(|j| j.first_timestamp),
         last_timestamp: job.json.and_then(|j| j.last_timestamp),
+        expired_unix_ms: job.expired_unix_ms.unwrap_or(0),
     }
 }
 
@@ -128,6 +132,58 @@ pub fn shard(status: ShardStatus) -> proto::Shard {
         bytes_in: status.bytes_in,
         bytes_out: status.bytes_out,
         archived_watermark: status.archived_watermark,
+    }
+}
+
+pub fn verify_reply(report: VerifyReport) -> proto::VerifyReply {
+    proto::VerifyReply {
+        archives_checked: report.archives_checked,
+        bytes_checked: report.bytes_checked,
+        problems: report
+            .problems
+            .into_iter()
+            .map(|p| proto::VerifyProblem {
+                shard_id: p.shard_id,
+                log_id: p.log_id,
+                job_id: p.job_id,
+                problem: p.problem,
+            })
+            .collect(),
+        gaps: report
+            .gaps
+            .into_iter()
+            .map(|g| proto::LogIdGap {
+                shard_id: g.shard_id,
+                first_missing: g.first_missing,
+                last_missing: g.last_missing,
+            })
+            .collect(),
+    }
+}
+
+pub fn verify_report(reply: proto::VerifyReply) -> VerifyReport {
+    VerifyReport {
+        archives_checked: reply.archives_checked,
+        bytes_checked: reply.bytes_checked,
+        problems: reply
+            .problems
+            .into_iter()
+            .map(|p| VerifyProblem {
+                shard_id: p.shard_id,
+                log_id: p.log_id,
+                job_id: p.job_id,
+                problem: p.problem,
+            })
+            .collect(),
+        gaps: reply
+            .gaps
+            .into_iter()
+            .map(|g| LogIdGap {
+                shard_id: g.shard_id,
+                first_missing: g.first_missing,
+                last_missing: g.last_missing,
+            })
+            .collect(),
     }
 }
 
@@ -161,6 +217,7 @@ pub fn job_from_proto(job: &proto::Job) -> Job {
             first_timestamp: job.first_timestamp,
             last_timestamp: job.last_timestamp,
         }),
+        expired_unix_ms: (job.expired_unix_ms > 0).then_some(job.expired_unix_ms),
         content_xxh3: None,
         created_unix_ms: job.created_unix_ms,
         updated_unix_ms: job.updated_unix_ms,

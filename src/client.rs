@@ -21,7 +21,9 @@ use tonic::{Code, Status};
 
 use crate::api;
 use crate::proto::{self, archive_request::Msg, wal_archiver_client::WalArchiverClient};
-use crate::types::{AckLevel, ContentKind, Job, JobState, LogId, ShardId, ShardStatus};
+use crate::types::{
+    AckLevel, ContentKind, Job, JobState, LogId, ShardId, ShardStatus, VerifyReport,
+};
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 /// Data per request message: well under the server's max_chunk_size default (1 MiB).
@@ -472,6 +474,17 @@ impl Client {
                 "watch of job {job_id} ended before a terminal state (server stopping?)"
             )))),
         }
+    }
+
+    /// Asks the server to re-read archives (one shard's, or all) and check them.
+    pub async fn verify(&self, shard_id: Option<ShardId>) -> Result<VerifyReport, ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .verify(proto::VerifyRequest { shard_id })
+            .await?
+            .into_inner();
+        Ok(api::verify_report(reply))
     }
 
     pub async fn cancel(&self, job_id: u64) -> Result<Job, ClientError> {

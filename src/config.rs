@@ -51,10 +51,30 @@ pub struct Config {
     pub tokens_file: Option<PathBuf>,
     /// Allow listening on a non-loopback address without a tokens file.
     pub allow_unauthenticated: bool,
+    /// Keep archives at least this many days; 0 turns the age rule off.
+    pub retain_days: u64,
+    /// Keep at least the newest this many archives per shard; 0 turns the count rule off.
+    pub retain_count: u64,
+    /// Seconds between retention passes.
+    pub retention_interval: u64,
+    /// Prometheus metrics over HTTP on this address; unset means off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Milliseconds a unary call (status, list, cancel) may take before DEADLINE_EXCEEDED.
+    pub unary_timeout_ms: u64,
+    /// Requests handled at once over all connections; more get RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
 }
 
 /// Keys whose default is unset, so they are absent from the defaults table.
-const OPTIONAL_KEYS: [&str; 4] = ["tls_cert", "tls_key", "tls_client_ca", "tokens_file"];
+const OPTIONAL_KEYS: [&str; 5] = [
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tokens_file",
+    "metrics_listen",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +106,13 @@ impl Default for Config {
             tls_client_ca: None,
             tokens_file: None,
             allow_unauthenticated: false,
+            metrics_listen: None,
+            retain_days: 0,
+            retain_count: 0,
+            retention_interval: 3600,
+            unary_timeout_ms: 30_000,
+            max_concurrent_requests: 1024,
+            max_streams_per_connection: 256,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod queue;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod types;
 pub mod walgen;
 

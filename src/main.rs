@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the archiving service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Push one segment file, or every wal-<id>.log of a directory below --up-to.
     Push(PushArgs),
     /// Show one job.
@@ -69,6 +69,13 @@ enum Command {
         /// Output file (written under a temporary name, renamed when verified); `-` for stdout.
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Re-read archives, check every SHA-256 and list gaps in each shard's log_ids; fails on any problem.
+    Verify {
+        #[arg(long)]
+        shard: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -191,6 +198,27 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens_file: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retain_days: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retain_count: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_interval: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unary_timeout_ms: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrent_requests: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_streams_per_connection: Option<u32>,
     /// Allow a non-loopback listen address without a tokens file.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -312,7 +340,11 @@ fn main() -> ExitCode {
         Err(e) => {
             match e.downcast_ref::<ClientError>() {
                 Some(ClientError::Rpc(status)) => {
-                    eprintln!("error: {}: {}", code_name(status.code()), status.message())
+                    eprintln!(
+                        "error: {}: {}",
+                        wal_archiver::service::code_name(status.code()),
+                        status.message()
+                    )
                 }
                 _ => eprintln!("error: {e:#}"),
             }
@@ -323,7 +355,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Push(args) => push(args).await,
         Command::Status { job, client } => {
             let found = connect(&client).await?.job(job).await?;
@@ -384,6 +416,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             json,
         } => inspect(&archive, verify, json),
         Command::Bench(args) => bench(args).await,
+        Command::Verify { shard, client } => {
+            let report = connect(&client).await?.verify(shard).await?;
+            if client.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "checked {} archives ({} bytes): {} problems, {} gaps",
+                    report.archives_checked,
+                    report.bytes_checked,
+                    report.problems.len(),
+                    report.gaps.len()
+                );
+                for p in &report.problems {
+                    println!(
+                        "shard {} log_id {} (job {}): {}",
+                        p.shard_id, p.log_id, p.job_id, p.problem
+                    );
+                }
+                for g in &report.gaps {
+                    println!(
+                        "shard {}: no archive for log_ids {}..={}",
+                        g.shard_id, g.first_missing, g.last_missing
+                    );
+                }
+            }
+            Ok(exit_for(
+                report.problems.is_empty() && report.gaps.is_empty(),
+            ))
+        }
         Command::BenchBaseline {
             out_dir,
             level,
@@ -628,18 +689,6 @@ async fn connect(args: &ClientArgs) -> Result<Client, ClientError> {
         token: args.token.clone(),
     })
     .await
-}
-
-/// `NotFound` → `NOT_FOUND`, as gRPC documents its codes.
-fn code_name(code: tonic::Code) -> String {
-    let mut name = String::new();
-    for (i, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 fn exit_for(ok: bool) -> ExitCode {

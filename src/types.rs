@@ -252,6 +252,8 @@ pub struct Job {
     pub zstd_level: i32,
     pub archive_size: Option<u64>,
     pub json: Option<JsonStats>,
+    /// When retention removed the archive; the job stays ARCHIVED.
+    pub expired_unix_ms: Option<i64>,
     /// XXH3-128 of the segment as received; the worker checks the spool against it.
     #[serde(skip)]
     pub content_xxh3: Option<u128>,
@@ -271,6 +273,30 @@ pub struct ShardStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub archived_watermark: Option<LogId>,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub archives_checked: u64,
+    pub bytes_checked: u64,
+    pub problems: Vec<VerifyProblem>,
+    pub gaps: Vec<LogIdGap>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyProblem {
+    pub shard_id: ShardId,
+    pub log_id: LogId,
+    pub job_id: JobId,
+    pub problem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogIdGap {
+    pub shard_id: ShardId,
+    pub first_missing: LogId,
+    pub last_missing: LogId,
 }
 
 pub fn now_unix_ms() -> i64 {

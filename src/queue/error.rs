@@ -37,6 +37,8 @@ pub enum QueueError {
         log_id: LogId,
         location: String,
     },
+    #[error("the archive of shard {shard_id} log_id {log_id} was removed by retention")]
+    Expired { shard_id: ShardId, log_id: LogId },
     #[error("shard {0} has never pushed a segment")]
     ShardNotFound(ShardId),
     #[error(

@@ -17,6 +17,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::{Inner, QueueError, blocking};
 use crate::store::{NewJob, Received};
+use crate::telemetry;
 use crate::types::{AckLevel, ContentKind, Digest, FailureKind, Job, JobState, LogId, ShardId};
 
 /// The header of a push, already translated from the wire.
@@ -359,6 +360,7 @@ impl Upload {
                 let commit = self.commit(id, sink.file, received).await;
                 match commit {
                     Ok(Some(job)) => {
+                        metrics::counter!(telemetry::RECEIVED_BYTES).increment(self.received);
                         self.finished = true;
                         self.forget_token();
                         self.inner.scheduler.enqueue(job.shard_id, job.id);

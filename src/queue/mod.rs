@@ -11,6 +11,7 @@
 
 mod error;
 mod ingest;
+mod maintenance;
 mod recovery;
 mod scheduler;
 mod worker;
@@ -30,7 +31,7 @@ pub use ingest::{Accepted, Begin, SegmentRequest, Trailer, Upload};
 use crate::archive::ArchiveReader;
 use crate::config::Config;
 use crate::store::{ArchiveKey, ArchiveStore, JobDb, JobFilter, LocalStore, Spool};
-use crate::types::{Job, JobId, JobState, LogId, ShardId, ShardStatus};
+use crate::types::{Job, JobId, JobState, LogId, ShardId, ShardStatus, VerifyReport};
 use scheduler::{Interrupt, Scheduler};
 
 /// Cheap to clone; every clone drives the same engine.
@@ -65,6 +66,16 @@ pub struct RecoveryReport {
 }
 
 const EVENT_BUFFER: usize = 4096;
+
+/// A snapshot for the metrics gauges.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    pub jobs: Vec<(JobState, u64)>,
+    pub shards: Vec<ShardStatus>,
+    pub spool_bytes: u64,
+    pub archived_bytes: u64,
+    pub archive_bytes: u64,
+}
 
 impl Archiver {
     /// Opens (or creates) the data dir, recovers what a previous run left, and
@@ -285,8 +296,12 @@ impl Archiver {
         let chunk_size = inner.config.max_chunk_size;
         let key = ArchiveKey { shard_id, log_id };
         let reader = blocking(move || {
-            if inner.db.archived_job(shard_id, log_id)?.is_none() {
-                return Err(QueueError::SegmentNotFound { shard_id, log_id });
+            match inner.db.archived_job(shard_id, log_id)? {
+                None => return Err(QueueError::SegmentNotFound { shard_id, log_id }),
+                Some(job) if job.expired_unix_ms.is_some() => {
+                    return Err(QueueError::Expired { shard_id, log_id });
+                }
+                Some(_) => {}
             }
             let file = inner
                 .store
@@ -360,6 +375,45 @@ impl Archiver {
             self.inner.scheduler.interrupt_all(Interrupt::Shutdown);
             let _ = join.await;
         }
+    }
+
+    /// What the metrics gauges show, read from the jobs database and the spool.
+    pub async fn gauges(&self) -> Result<Gauges, QueueError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut shards = Vec::new();
+            for shard in inner.db.shard_ids()? {
+                shards.extend(inner.db.shard_status(shard)?);
+            }
+            let jobs = inner.db.state_counts()?;
+            let spool_bytes = inner
+                .spool
+                .list()?
+                .into_iter()
+                .filter_map(|id| std::fs::metadata(inner.spool.path(id)).ok())
+                .map(|m| m.len())
+                .sum();
+            Ok(Gauges {
+                archived_bytes: shards.iter().map(|s| s.bytes_in).sum(),
+                archive_bytes: shards.iter().map(|s| s.bytes_out).sum(),
+                jobs,
+                shards,
+                spool_bytes,
+            })
+        })
+        .await
+    }
+
+    /// Re-reads archives (of one shard or all) and checks them; see `VerifyReport`.
+    pub async fn verify(&self, shard: Option<ShardId>) -> Result<VerifyReport, QueueError> {
+        let inner = self.inner.clone();
+        blocking(move || maintenance::verify(&inner, shard)).await
+    }
+
+    /// Applies `retain_days` / `retain_count`; returns how many archives went.
+    pub async fn apply_retention(&self) -> Result<usize, QueueError> {
+        let inner = self.inner.clone();
+        blocking(move || maintenance::apply_retention(&inner)).await
     }
 
     /// Every job in a non-terminal state, for tests and status.

@@ -8,6 +8,7 @@ use super::scheduler::{Interrupt, Task};
 use super::{Inner, QueueError};
 use crate::archive::{ArchiveHeader, ArchiveWriter, FORMAT_VERSION, JsonLinesChecker};
 use crate::store::ArchiveKey;
+use crate::telemetry;
 use crate::types::{ContentKind, Job, JobState, JsonStats, now_unix_ms};
 
 /// Spool bytes read per step: large enough to amortize syscalls, small enough
@@ -23,7 +24,12 @@ enum Outcome {
 pub(super) fn run(inner: &Arc<Inner>) {
     lower_priority(inner.config.worker_nice);
     while let Some(task) = inner.scheduler.next() {
-        let span = tracing::info_span!("job", job_id = task.job_id);
+        let span = tracing::info_span!(
+            "job",
+            job_id = task.job_id,
+            shard_id = tracing::field::Empty,
+            log_id = tracing::field::Empty
+        );
         let _entered = span.enter();
         run_job(inner, &task);
         inner.scheduler.finished(task.job_id);
@@ -61,6 +67,9 @@ fn run_job(inner: &Inner, task: &Task) {
             return;
         }
     };
+    tracing::Span::current()
+        .record("shard_id", job.shard_id)
+        .record("log_id", job.log_id);
     inner.emit(&job);
     let started = std::time::Instant::now();
     let outcome = match compress(inner, &job, task) {
@@ -105,6 +114,7 @@ fn run_job(inner: &Inner, task: &Task) {
                 }
                 Outcome::Interrupted(why) => tracing::info!(?why, "job interrupted"),
             }
+            record_outcome(&job, &outcome);
             if job.state != JobState::Queued
                 && let Err(e) = inner.spool.remove(id)
             {
@@ -120,6 +130,18 @@ fn run_job(inner: &Inner, task: &Task) {
 
 /// Streams the spool through the JSON-lines check (for JSON_LINES) and the
 /// encoder into the archive store; returns the archive size and JSON stats.
+fn record_outcome(job: &Job, outcome: &Outcome) {
+    if let Outcome::Archived(archive_size, _) = outcome {
+        metrics::counter!(telemetry::ARCHIVED_BYTES).increment(job.size.unwrap_or(0));
+        metrics::counter!(telemetry::ARCHIVE_WRITTEN_BYTES).increment(*archive_size);
+        let took = (job.updated_unix_ms - job.created_unix_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!(telemetry::JOB_DURATION).record(took);
+    }
+    if job.state.is_terminal() {
+        metrics::counter!(telemetry::JOBS_FINISHED, "state" => job.state.as_str()).increment(1);
+    }
+}
+
 fn compress(inner: &Inner, job: &Job, task: &Task) -> Result<(u64, Option<JsonStats>), Outcome> {
     let failed = |e: QueueError| Outcome::Failed(e);
     let (Some(size), Some(sha), Some(content_xxh3)) = (job.size, job.sha256, job.content_xxh3)

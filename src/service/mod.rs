@@ -1,15 +1,19 @@
 //! gRPC handlers: read the wire, call the engine, map errors once (`status`).
 
 pub mod auth;
+mod guard;
 mod server;
 mod status;
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+pub use guard::code_name;
 pub use server::{ServeError, serve};
 pub use status::{code, status};
 
@@ -26,19 +30,31 @@ const MAX_PAGE_SIZE: usize = 1000;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct WalArchiverService {
-    archiver: Archiver,
+    /// Set once recovery is done; until then calls get UNAVAILABLE.
+    archiver: Arc<OnceLock<Archiver>>,
     /// Fires when the service stops: ends watch streams and waits for ARCHIVED.
     stopping: CancellationToken,
     tokens: Tokens,
 }
 
 impl WalArchiverService {
-    pub fn new(archiver: Archiver, stopping: CancellationToken, tokens: Tokens) -> Self {
+    pub fn new(
+        archiver: Arc<OnceLock<Archiver>>,
+        stopping: CancellationToken,
+        tokens: Tokens,
+    ) -> Self {
         WalArchiverService {
             archiver,
             stopping,
             tokens,
         }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn archiver(&self) -> Result<&Archiver, Status> {
+        self.archiver
+            .get()
+            .ok_or_else(|| Status::unavailable("recovering from the previous run; retry shortly"))
     }
 
     /// The job, if the caller may read its shard.
@@ -47,7 +63,7 @@ impl WalArchiverService {
         request: &Request<T>,
         id: u64,
     ) -> Result<crate::types::Job, Status> {
-        let job = self.archiver.job(id).await.map_err(status)?;
+        let job = self.archiver()?.job(id).await.map_err(status)?;
         self.tokens
             .authorize(request.extensions(), Access::Read(job.shard_id))?;
         Ok(job)
@@ -60,6 +76,7 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<Streaming<proto::ArchiveRequest>>,
     ) -> Result<Response<proto::ArchiveReply>, Status> {
+        let started = Instant::now();
         let (_, extensions, mut stream) = request.into_parts();
         let header = match stream.message().await.map_err(stream_error)? {
             Some(proto::ArchiveRequest {
@@ -76,14 +93,14 @@ impl WalArchiver for WalArchiverService {
         self.tokens
             .authorize(&extensions, Access::Push(segment.shard_id))?;
         let ack = segment.ack;
-        let accepted = match self.archiver.begin(segment).await.map_err(status)? {
+        let accepted = match self.archiver()?.begin(segment).await.map_err(status)? {
             Begin::Known(accepted) => *accepted,
             Begin::Stream(upload) => receive(*upload, stream).await?,
         };
         let mut job = accepted.job;
         if ack == AckLevel::Archived && !job.state.is_terminal() {
             job = tokio::select! {
-                waited = self.archiver.wait_terminal(job.id) => waited.map_err(status)?,
+                waited = self.archiver()?.wait_terminal(job.id) => waited.map_err(status)?,
                 () = self.stopping.cancelled() => return Err(Status::unavailable(format!(
                     "the service is shutting down before job {} was archived; it stays queued for the next start", job.id
                 ))),
@@ -92,6 +109,8 @@ impl WalArchiver for WalArchiverService {
         if ack == AckLevel::Archived && job.state != JobState::Archived {
             return Err(status(QueueError::JobFailed(Box::new(job))));
         }
+        metrics::histogram!(crate::telemetry::ACK_LATENCY, "ack" => ack.as_str())
+            .record(started.elapsed().as_secs_f64());
         Ok(Response::new(proto::ArchiveReply {
             job: Some(api::job(job)),
             deduplicated: accepted.deduplicated,
@@ -138,7 +157,7 @@ impl WalArchiver for WalArchiverService {
             after,
             limit,
         };
-        let jobs = self.archiver.list_jobs(filter).await.map_err(status)?;
+        let jobs = self.archiver()?.list_jobs(filter).await.map_err(status)?;
         let next_page_token = match jobs.last() {
             Some(last) if jobs.len() == limit => last.id.to_string(),
             _ => String::new(),
@@ -159,7 +178,7 @@ impl WalArchiver for WalArchiverService {
         // Refuse an unknown job with a status rather than a stream that errors.
         self.readable_job(&request, id).await?;
         let states = self
-            .archiver
+            .archiver()?
             .watch(id)
             .map(|item| item.map(api::job).map_err(status))
             .take_until(self.stopping.clone().cancelled_owned());
@@ -173,7 +192,7 @@ impl WalArchiver for WalArchiverService {
         self.tokens
             .authorize(request.extensions(), Access::Cancel)?;
         let id = request.into_inner().job_id;
-        let job = self.archiver.cancel(id).await.map_err(status)?;
+        let job = self.archiver()?.cancel(id).await.map_err(status)?;
         if job.state != JobState::Cancelled {
             // It finished before the cancel took hold.
             return Err(status(QueueError::NotCancellable {
@@ -191,7 +210,7 @@ impl WalArchiver for WalArchiverService {
         let shard_id = request.get_ref().shard_id;
         self.tokens
             .authorize(request.extensions(), Access::Read(shard_id))?;
-        let shard = self.archiver.shard(shard_id).await.map_err(status)?;
+        let shard = self.archiver()?.shard(shard_id).await.map_err(status)?;
         Ok(Response::new(api::shard(shard)))
     }
 
@@ -207,7 +226,7 @@ impl WalArchiver for WalArchiverService {
         )?;
         let request = request.into_inner();
         let chunks = self
-            .archiver
+            .archiver()?
             .restore(request.shard_id, request.log_id)
             .await
             .map_err(status)?;
@@ -216,6 +235,17 @@ impl WalArchiver for WalArchiverService {
                 .map_err(status)
         });
         Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyReply>, Status> {
+        let shard = request.get_ref().shard_id;
+        let access = shard.map_or(Access::ReadAll, Access::Read);
+        self.tokens.authorize(request.extensions(), access)?;
+        let report = self.archiver()?.verify(shard).await.map_err(status)?;
+        Ok(Response::new(api::verify_reply(report)))
     }
 }
 

@@ -16,10 +16,14 @@ use tonic_health::ServingStatus;
 
 use super::WalArchiverService;
 use super::auth::{Tokens, TokensError};
+use super::guard::GuardLayer;
 use crate::config::Config;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wal_archiver_server::WalArchiverServer;
 use crate::queue::{Archiver, QueueError};
+use crate::telemetry;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::sync::{Arc, OnceLock};
 
 /// Room for the non-data fields of a request next to a `max_chunk_size` chunk.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
@@ -30,6 +34,11 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Largest HTTP/2 frame a client may send: with the 16 KiB default a 1 MiB
 /// chunk costs 64 frames, each a wakeup of the connection and stream tasks.
 const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// How often state gauges are read from the jobs database.
+const GAUGE_REFRESH: Duration = Duration::from_secs(2);
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
 /// How often the tokens file is checked for changes (SIGHUP reloads at once).
 const TOKENS_POLL: Duration = Duration::from_secs(2);
 
@@ -52,6 +61,8 @@ pub enum ServeError {
     Tokens(#[from] TokensError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("metrics listener {0}")]
+    Metrics(String),
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves. `on_listening`
@@ -92,11 +103,11 @@ pub async fn serve(
         );
     }
     let (health, health_service) = tonic_health::server::health_reporter();
-    let archiver_config = config.clone();
-    let (archiver, _report) =
-        tokio::task::spawn_blocking(move || Archiver::open(archiver_config)).await??;
+    set_health(&health, ServingStatus::NotServing).await;
+    install_metrics(&config)?;
+    let ready: Arc<OnceLock<Archiver>> = Arc::default();
     let stopping = CancellationToken::new();
-    let handlers = WalArchiverService::new(archiver.clone(), stopping.clone(), tokens.clone());
+    let handlers = WalArchiverService::new(ready.clone(), stopping.clone(), tokens.clone());
     let service = WalArchiverServer::new(handlers)
         .max_decoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD)
         .max_encoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD);
@@ -107,12 +118,16 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    set_health(&health, ServingStatus::Serving).await;
-
+    let guard = GuardLayer::new(
+        config.max_concurrent_requests,
+        Duration::from_millis(config.unary_timeout_ms),
+    );
     let server = tls(Server::builder(), &config)?
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_frame_size(Some(MAX_FRAME_SIZE))
+        .max_concurrent_streams(Some(config.max_streams_per_connection))
+        .layer(guard)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
@@ -121,7 +136,35 @@ pub async fn serve(
             stopping.clone().cancelled_owned(),
         );
     let mut server = tokio::spawn(server);
-    tracing::info!(%local, data_dir = %config.data_dir.display(), workers = config.workers(), "serving");
+
+    // Health says NOT_SERVING and calls get UNAVAILABLE until recovery is done.
+    tracing::info!(%local, data_dir = %config.data_dir.display(), "recovering");
+    let archiver_config = config.clone();
+    let opened = tokio::task::spawn_blocking(move || Archiver::open(archiver_config)).await;
+    let archiver = match opened {
+        Ok(Ok((archiver, _report))) => archiver,
+        Ok(Err(e)) => {
+            stopping.cancel();
+            return Err(e.into());
+        }
+        Err(e) => {
+            stopping.cancel();
+            return Err(e.into());
+        }
+    };
+    let _ = ready.set(archiver.clone());
+    if config.metrics_listen.is_some() {
+        spawn_gauges(archiver.clone(), stopping.clone());
+    }
+    if config.retain_days > 0 || config.retain_count > 0 {
+        spawn_retention(
+            archiver.clone(),
+            Duration::from_secs(config.retention_interval.max(1)),
+            stopping.clone(),
+        );
+    }
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(%local, workers = config.workers(), "serving");
     on_listening(local);
 
     tokio::select! {
@@ -151,6 +194,72 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn install_metrics(config: &Config) -> Result<(), ServeError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(());
+    };
+    let failed = |e: &dyn std::fmt::Display| ServeError::Metrics(format!("{addr}: {e}"));
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| failed(&e))?
+        .install()
+        .map_err(|e| failed(&e))?;
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+/// Refreshes the gauges that describe state (jobs by state, queue depths,
+/// watermarks, spool size) from the jobs database.
+fn spawn_gauges(archiver: Archiver, stopping: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            match archiver.gauges().await {
+                Ok(gauges) => {
+                    for (state, count) in gauges.jobs {
+                        metrics::gauge!(telemetry::JOBS, "state" => state.as_str())
+                            .set(count as f64);
+                    }
+                    for shard in gauges.shards {
+                        let id = shard.shard_id.to_string();
+                        metrics::gauge!(telemetry::QUEUE_DEPTH, "shard" => id.clone())
+                            .set(shard.queued as f64);
+                        if let Some(mark) = shard.archived_watermark {
+                            metrics::gauge!(telemetry::WATERMARK, "shard" => id).set(mark as f64);
+                        }
+                    }
+                    metrics::gauge!(telemetry::SPOOL_BYTES).set(gauges.spool_bytes as f64);
+                    if gauges.archive_bytes > 0 {
+                        let ratio = gauges.archived_bytes as f64 / gauges.archive_bytes as f64;
+                        metrics::gauge!(telemetry::COMPRESSION_RATIO).set(ratio);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot refresh metrics"),
+            }
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tokio::time::sleep(GAUGE_REFRESH) => {}
+            }
+        }
+    });
+}
+
+fn spawn_retention(archiver: Archiver, every: Duration, stopping: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            match archiver.apply_retention().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "retention pass done"),
+                Err(e) => tracing::error!(error = %e, "retention pass failed"),
+            }
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    });
 }
 
 fn tls(builder: Server, config: &Config) -> Result<Server, ServeError> {

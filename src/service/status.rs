@@ -20,7 +20,9 @@ pub fn code(err: &QueueError) -> Code {
         E::QueueFull { .. } | E::TooManyUploads { .. } | E::DiskFull { .. } => {
             Code::ResourceExhausted
         }
-        E::JobNotFound(_) | E::SegmentNotFound { .. } | E::ShardNotFound(_) => Code::NotFound,
+        E::JobNotFound(_) | E::SegmentNotFound { .. } | E::ShardNotFound(_) | E::Expired { .. } => {
+            Code::NotFound
+        }
         E::Conflict { .. } => Code::AlreadyExists,
         E::Busy { .. } => Code::Aborted,
         E::JobFailed(job) => match job.failure {

@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     json_last_ts  INTEGER,
     content_xxh3  BLOB,
     failure       TEXT,
+    expired_ms    INTEGER,
     created_ms    INTEGER NOT NULL,
     updated_ms    INTEGER NOT NULL
 );
@@ -78,7 +79,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 ";
 
 const COLUMNS: &str = "id, shard_id, log_id, state, reason, size, sha256, kind, ack, zstd_level, archive_size, \
-                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms, content_xxh3, failure";
+                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms, content_xxh3, failure, expired_ms";
 
 impl JobDb {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -283,6 +284,58 @@ impl JobDb {
         Ok(jobs)
     }
 
+    /// ARCHIVED jobs of a shard by log_id, expired ones included.
+    pub fn archived_jobs(&self, shard_id: ShardId) -> Result<Vec<Job>, StoreError> {
+        self.with(|conn| {
+            let sql = format!("SELECT {COLUMNS} FROM jobs WHERE shard_id = ?1 AND state = 'ARCHIVED' ORDER BY log_id");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![shard_id], job_from_row)?;
+            rows.map(|row| row?).collect()
+        })
+    }
+
+    /// Records that retention removed a job's archive.
+    pub fn mark_expired(&self, id: JobId) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET expired_ms = ?2 WHERE id = ?1 AND expired_ms IS NULL",
+                params![id, now_unix_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn shard_ids(&self) -> Result<Vec<ShardId>, StoreError> {
+        self.with(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT DISTINCT shard_id FROM jobs ORDER BY shard_id")?;
+            let ids = stmt
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<Vec<ShardId>, _>>()?;
+            Ok(ids)
+        })
+    }
+
+    /// Jobs per state, every state included.
+    pub fn state_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        self.with(|conn| {
+            let mut counts: Vec<(JobState, u64)> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
+            let mut stmt =
+                conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let state: JobState = row
+                    .get::<_, String>(0)?
+                    .parse()
+                    .map_err(StoreError::Corrupt)?;
+                if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
+                    entry.1 = row.get::<_, i64>(1)? as u64;
+                }
+            }
+            Ok(counts)
+        })
+    }
+
     /// Counters and watermark of a shard; `None` if it never submitted anything.
     pub fn shard_status(&self, shard_id: ShardId) -> Result<Option<ShardStatus>, StoreError> {
         self.with(|conn| {
@@ -369,6 +422,7 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError>> {
     let json_entries: Option<i64> = row.get(11)?;
     let content_xxh3: Option<Vec<u8>> = row.get(16)?;
     let failure: Option<String> = row.get(17)?;
+    let expired_unix_ms: Option<i64> = row.get(18)?;
     let parsed = (|| {
         Ok::<_, String>(Job {
             id: row.get::<_, i64>(0).map_err(|e| e.to_string())? as JobId,
@@ -400,6 +454,7 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError>> {
                 }),
                 None => None,
             },
+            expired_unix_ms,
             content_xxh3: match content_xxh3 {
                 Some(bytes) => Some(u128::from_le_bytes(
                     bytes

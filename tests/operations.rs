@@ -1,0 +1,320 @@
+//! Running it: Prometheus metrics scraped over HTTP, `verify`, retention rules,
+//! request limits and JSON logs, against the real server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use wal_archiver::client::{Client, ClientError, PushOptions, RetryPolicy};
+use wal_archiver::types::{AckLevel, ContentKind};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+        "{response}"
+    );
+    response
+}
+
+/// The value of the first sample whose name and labels start with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+async fn archive(
+    client: &Client,
+    dir: &Path,
+    shard: u32,
+    log_id: u64,
+    kind: ContentKind,
+) -> Vec<u8> {
+    let data = json_segment(shard as u64 * 1000 + log_id, 60_000);
+    let path = dir.join(format!("wal-{shard}-{log_id}.log"));
+    std::fs::write(&path, &data).unwrap();
+    let options = PushOptions {
+        kind,
+        ack: AckLevel::Archived,
+        ..PushOptions::default()
+    };
+    client
+        .push_file(shard, log_id, &path, &options)
+        .await
+        .unwrap();
+    data
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Code {
+    match result {
+        Err(ClientError::Rpc(status)) => status.code(),
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_the_work() {
+    let port = free_port();
+    let server = Server::start(&["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let client = server.client().await.retry_policy(RetryPolicy::none());
+    let dir = tempfile::tempdir().unwrap();
+    let before = scrape(port);
+    assert_eq!(
+        sample(&before, "wal_archiver_received_bytes_total").unwrap_or(0.0),
+        0.0
+    );
+
+    let mut pushed = 0;
+    for log_id in 1..=3 {
+        pushed += archive(&client, dir.path(), 4, log_id, ContentKind::JsonLines)
+            .await
+            .len();
+    }
+    assert_eq!(code(client.job(99_999).await), Code::NotFound);
+
+    let metrics = eventually(Duration::from_secs(30), || async {
+        let m = scrape(port);
+        (sample(&m, "wal_archiver_jobs{state=\"ARCHIVED\"}") == Some(3.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        sample(&metrics, "wal_archiver_received_bytes_total"),
+        Some(pushed as f64)
+    );
+    assert_eq!(
+        sample(&metrics, "wal_archiver_archived_bytes_total"),
+        Some(pushed as f64)
+    );
+    assert!(sample(&metrics, "wal_archiver_archive_written_bytes_total").unwrap() < pushed as f64);
+    assert!(sample(&metrics, "wal_archiver_compression_ratio").unwrap() > 2.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "wal_archiver_jobs_finished_total{state=\"ARCHIVED\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "wal_archiver_archived_watermark{shard=\"4\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "wal_archiver_queue_depth{shard=\"4\"}"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&metrics, "wal_archiver_spool_bytes"), Some(0.0));
+    assert_eq!(
+        sample(&metrics, "wal_archiver_refusals_total{code=\"NOT_FOUND\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "wal_archiver_ack_latency_seconds_count{ack=\"archived\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "wal_archiver_job_duration_seconds_count"),
+        Some(3.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_corruption_and_gaps() {
+    let server = Server::start(&[]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    for log_id in [1, 2, 4, 5] {
+        archive(&client, dir.path(), 1, log_id, ContentKind::Raw).await;
+    }
+    for log_id in [7, 8] {
+        archive(&client, dir.path(), 2, log_id, ContentKind::Raw).await;
+    }
+    let clean = client.verify(None).await.unwrap();
+    assert_eq!(clean.archives_checked, 6);
+    assert!(clean.problems.is_empty());
+    assert_eq!(clean.gaps.len(), 1);
+    assert_eq!(
+        (
+            clean.gaps[0].shard_id,
+            clean.gaps[0].first_missing,
+            clean.gaps[0].last_missing
+        ),
+        (1, 3, 3)
+    );
+
+    // Damage one archive in the middle of its data.
+    let path = server.archive_path(1, 2);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+    let report = client.verify(Some(1)).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].log_id, 2);
+
+    // The CLI: non-zero on any problem, zero for a clean shard, JSON for tools.
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("WAL_ARCHIVER_SERVER", server.url())
+            .output()
+            .unwrap()
+    };
+    let bad = run(&["verify", "--shard", "1", "--json"]);
+    assert!(!bad.status.success());
+    let parsed: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(parsed["problems"][0]["log_id"], 2);
+    assert_eq!(parsed["gaps"][0]["first_missing"], 3);
+    let good = run(&["verify", "--shard", "2"]);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("checked 2 archives"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_and_everything_above_the_watermark() {
+    let port = free_port();
+    let server = Server::start(&[
+        "--retain-count",
+        "2",
+        "--retention-interval",
+        "1",
+        "--metrics-listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    for log_id in 1..=5 {
+        archive(&client, dir.path(), 1, log_id, ContentKind::Raw).await;
+    }
+    // Shard 2: log_id 3 fails, so its watermark stays at 2 while 4..6 are archived.
+    for log_id in [1, 2, 4, 5, 6] {
+        archive(&client, dir.path(), 2, log_id, ContentKind::Raw).await;
+    }
+    let mut rpc = server.rpc().await;
+    let data = json_segment(3, 10_000);
+    let mut lying = header(2, 3, &data);
+    lying.sha256 = bytes::Bytes::copy_from_slice(&[0u8; 32]);
+    assert_eq!(
+        push(&mut rpc, lying, &data).await.unwrap_err().code(),
+        Code::DataLoss
+    );
+    assert_eq!(client.shard(2).await.unwrap().archived_watermark, Some(2));
+
+    let existing = |shard: u32| -> Vec<u64> {
+        let mut ids: Vec<u64> = server
+            .archives(shard)
+            .iter()
+            .map(|p| {
+                p.file_name().unwrap().to_string_lossy()[..20]
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    eventually(Duration::from_secs(30), || async {
+        (existing(1) == vec![4, 5] && existing(2) == vec![4, 5, 6]).then_some(())
+    })
+    .await;
+    // Expired archives stay ARCHIVED (the watermark does not move back) but cannot be restored.
+    assert_eq!(client.shard(1).await.unwrap().archived_watermark, Some(5));
+    let mut sink = std::io::Cursor::new(Vec::new());
+    let refused = client.restore_to(1, 2, &mut sink, None).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("removed by retention"),
+        "{refused}"
+    );
+    assert_eq!(refused.code(), Some(Code::NotFound));
+    let clean = client.verify(None).await.unwrap();
+    assert!(
+        clean.problems.is_empty(),
+        "expired archives are not problems: {clean:?}"
+    );
+    let metrics = scrape(port);
+    assert_eq!(
+        sample(&metrics, "wal_archiver_retention_deleted_total"),
+        Some(5.0)
+    );
+    assert!(server.log_text().contains("retention removed archive"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_refuse_with_a_message() {
+    // One request at a time: an upload held open blocks a status call.
+    let server = Server::start(&["--max-concurrent-requests", "1"]);
+    let rpc = server.rpc().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let data = json_segment(1, 100_000);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    let mut uploader = rpc.clone();
+    let upload = tokio::spawn(async move {
+        uploader
+            .archive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let client = server.client().await.retry_policy(RetryPolicy::none());
+    let refused = eventually(Duration::from_secs(30), || async {
+        match client.shard(1).await {
+            Err(ClientError::Rpc(status)) if status.code() == Code::ResourceExhausted => {
+                Some(status)
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        refused.message().contains("max_concurrent_requests"),
+        "{}",
+        refused.message()
+    );
+    for message in data_msgs(&data, 32 << 10) {
+        tx.send(message).await.unwrap();
+    }
+    drop(tx);
+    upload.await.unwrap().unwrap();
+    assert!(client.shard(1).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_job_span() {
+    let server = Server::start(&["--log-format", "json"]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    archive(&client, dir.path(), 6, 42, ContentKind::Raw).await;
+    let log = server.log_text();
+    let archived = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "archived")
+        .unwrap_or_else(|| panic!("no JSON 'archived' line in:\n{log}"));
+    assert_eq!(archived["span"]["shard_id"], 6);
+    assert_eq!(archived["span"]["log_id"], 42);
+    assert!(archived["span"]["job_id"].as_u64().is_some());
+}
