@@ -1,0 +1,548 @@
+//! Bad input and broken streams: each gets a precise status and message, no
+//! partial file, and never costs an acknowledged byte.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use wal_archiver::proto::{self, archive_request::Msg};
+
+fn job_state(job: &proto::Job) -> proto::JobState {
+    proto::JobState::try_from(job.state).unwrap()
+}
+
+async fn jobs_of(server: &Server, shard: u32) -> Vec<proto::Job> {
+    let mut rpc = server.rpc().await;
+    let request = proto::ListJobsRequest {
+        shard_id: Some(shard),
+        ..Default::default()
+    };
+    rpc.list_jobs(request).await.unwrap().into_inner().jobs
+}
+
+/// No archive, no temporary and no spool file anywhere.
+fn assert_no_files(server: &Server, shard: u32) {
+    assert!(
+        server.archives(shard).is_empty(),
+        "archives left: {:?}",
+        server.archives(shard)
+    );
+    assert!(
+        server.temporaries().is_empty(),
+        "temporaries left: {:?}",
+        server.temporaries()
+    );
+    assert!(
+        server.spool_files().is_empty(),
+        "spool files left: {:?}",
+        server.spool_files()
+    );
+}
+
+async fn failed_job(server: &Server, shard: u32) -> proto::Job {
+    let jobs = jobs_of(server, shard).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        job_state(&jobs[0]),
+        proto::JobState::Failed,
+        "{:?}",
+        jobs[0]
+    );
+    jobs[0].clone()
+}
+
+/// Like `push`, in chunks under a 64 KiB `max_chunk_size`.
+async fn push_small(
+    rpc: &mut proto::wal_archiver_client::WalArchiverClient<tonic::transport::Channel>,
+    first: proto::SegmentHeader,
+    data: &[u8],
+) -> Result<proto::ArchiveReply, tonic::Status> {
+    let mut messages = vec![header_msg(first)];
+    messages.extend(data_msgs(data, 60_000));
+    send(rpc, messages).await
+}
+
+fn message(msg: Msg) -> proto::ArchiveRequest {
+    proto::ArchiveRequest { msg: Some(msg) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let data = json_segment(1, 50_000);
+
+    let empty = send(&mut rpc, vec![]).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(
+        empty.message().contains("no segment header"),
+        "{}",
+        empty.message()
+    );
+
+    let data_first = send(&mut rpc, data_msgs(&data, 10_000)).await.unwrap_err();
+    assert_eq!(data_first.code(), Code::InvalidArgument);
+    assert!(
+        data_first
+            .message()
+            .contains("first message must be the segment header")
+    );
+
+    let mut twice = vec![
+        header_msg(header(1, 1, &data)),
+        header_msg(header(1, 1, &data)),
+    ];
+    twice.extend(data_msgs(&data, 10_000));
+    let status = send(&mut rpc, twice).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("header sent twice"));
+    failed_job(&server, 1).await;
+
+    let mut after_trailer = vec![header_msg(header(2, 1, &data))];
+    after_trailer.extend(data_msgs(&data, 10_000));
+    after_trailer.push(message(Msg::Trailer(proto::SegmentTrailer::default())));
+    after_trailer.extend(data_msgs(b"more", 10));
+    let status = send(&mut rpc, after_trailer).await.unwrap_err();
+    assert!(
+        status.message().contains("data after the trailer"),
+        "{}",
+        status.message()
+    );
+
+    let mut bad = header(3, 1, &data);
+    bad.sha256 = Bytes::from_static(b"short");
+    let status = push(&mut rpc, bad, &data).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("32"), "{}", status.message());
+
+    let mut no_digest = header(3, 1, &data);
+    no_digest.sha256 = Bytes::new();
+    let status = push(&mut rpc, no_digest, &data).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("no SHA-256"),
+        "{}",
+        status.message()
+    );
+
+    for (field, value) in [("kind", 99), ("ack", 42)] {
+        let mut unknown = header(4, 1, &data);
+        if field == "kind" {
+            unknown.kind = value;
+        } else {
+            unknown.ack = value;
+        }
+        let status = push(&mut rpc, unknown, &data).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains(&value.to_string()),
+            "{}",
+            status.message()
+        );
+    }
+    let mut out_of_range = header(4, u64::MAX, &data);
+    out_of_range.zstd_level = Some(3);
+    let status = push(&mut rpc, out_of_range, &data).await.unwrap_err();
+    assert!(status.message().contains("log_id"), "{}", status.message());
+    let mut level = header(4, 1, &data);
+    level.zstd_level = Some(100);
+    let status = push(&mut rpc, level, &data).await.unwrap_err();
+    assert!(
+        status.message().contains("zstd level 100"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        jobs_of(&server, 4).await.is_empty(),
+        "refused headers create no job"
+    );
+    assert_no_files(&server, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_and_digest_mismatches_fail_the_job_and_leave_nothing() {
+    let server = Server::start(&["--max-chunk-size", "65536", "--max-segment-size", "1000000"]);
+    let mut rpc = server.rpc().await;
+    let data = json_segment(2, 200_000);
+
+    // Clean end of stream before the declared size: a truncated upload.
+    let truncated = send(&mut rpc, {
+        let mut m = vec![header_msg(header(1, 1, &data))];
+        m.extend(data_msgs(&data[..100_000], 30_000));
+        m
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(truncated.code(), Code::InvalidArgument);
+    assert!(
+        truncated.message().contains("size mismatch"),
+        "{}",
+        truncated.message()
+    );
+    let job = failed_job(&server, 1).await;
+    assert!(job.reason.contains("size mismatch"), "{}", job.reason);
+    assert_no_files(&server, 1);
+
+    // Right size, wrong bytes.
+    let mut lying = header(2, 1, &data);
+    lying.sha256 = Bytes::copy_from_slice(&[7u8; 32]);
+    let status = push_small(&mut rpc, lying, &data).await.unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(
+        status.message().contains("SHA-256 mismatch"),
+        "{}",
+        status.message()
+    );
+    failed_job(&server, 2).await;
+    assert_no_files(&server, 2);
+
+    // Limits.
+    let big_chunk = send(
+        &mut rpc,
+        vec![
+            header_msg(header(3, 1, &data)),
+            data_msgs(&data, 65_537).remove(0),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(big_chunk.code(), Code::InvalidArgument);
+    assert!(
+        big_chunk.message().contains("max_chunk_size"),
+        "{}",
+        big_chunk.message()
+    );
+    let mut too_big = header(4, 1, &data);
+    too_big.size = Some(2_000_000);
+    let status = push_small(&mut rpc, too_big, &data).await.unwrap_err();
+    assert!(
+        status.message().contains("max_segment_size"),
+        "{}",
+        status.message()
+    );
+    assert!(jobs_of(&server, 4).await.is_empty());
+    let large = json_segment(5, 1_100_000);
+    let mut undeclared = header(5, 1, &large);
+    undeclared.size = None;
+    let status = push_small(&mut rpc, undeclared, &large).await.unwrap_err();
+    assert!(
+        status.message().contains("max_segment_size"),
+        "{}",
+        status.message()
+    );
+    failed_job(&server, 5).await;
+
+    // A failed segment does not block a correct push of it.
+    let ok = push_small(&mut rpc, header(2, 1, &data), &data)
+        .await
+        .unwrap();
+    assert!(!ok.deduplicated);
+    let client = server.client().await;
+    let archived = client.wait(ok.job.unwrap().job_id).await.unwrap();
+    assert_eq!(archived.log_id, 1);
+    assert_no_files(&server, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_aborts_mid_upload_never_commits() {
+    let server = Server::start(&[]);
+    let data = json_segment(3, 400_000);
+    for (shard, digest_in_header) in [(1u32, true), (2u32, false)] {
+        let mut rpc = server.rpc().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut first = header(shard, 7, &data);
+        if !digest_in_header {
+            first.sha256 = Bytes::new();
+            first.size = None;
+        }
+        tx.send(header_msg(first)).await.unwrap();
+        for m in data_msgs(&data[..150_000], 50_000) {
+            tx.send(m).await.unwrap();
+        }
+        let call = tokio::spawn(async move { rpc.archive(ReceiverStream::new(rx)).await });
+        eventually(Duration::from_secs(30), || async {
+            (jobs_of(&server, shard).await.len() == 1).then_some(())
+        })
+        .await;
+        call.abort();
+        drop(tx);
+        let job = eventually(Duration::from_secs(30), || async {
+            let jobs = jobs_of(&server, shard).await;
+            (job_state(&jobs[0]) == proto::JobState::Failed).then(|| jobs[0].clone())
+        })
+        .await;
+        assert!(
+            job.reason.contains("interrupted")
+                || job.reason.contains("mismatch")
+                || job.reason.contains("SHA-256"),
+            "{}",
+            job.reason
+        );
+        eventually(Duration::from_secs(30), || async {
+            server.spool_files().is_empty().then_some(())
+        })
+        .await;
+        assert!(server.archives(shard).is_empty());
+
+        // The same segment pushed again, whole, succeeds.
+        let mut rpc = server.rpc().await;
+        let reply = push(&mut rpc, header(shard, 7, &data), &data)
+            .await
+            .unwrap();
+        let archived = server
+            .client()
+            .await
+            .wait(reply.job.unwrap().job_id)
+            .await
+            .unwrap();
+        assert_eq!(archived.size, Some(data.len() as u64));
+        assert_eq!(zstd_decode(&server.archive_path(shard, 7)), data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_and_conflicting_pushes() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let client = server.client().await;
+    let data = json_segment(4, 100_000);
+    let first = push(&mut rpc, header(1, 5, &data), &data).await.unwrap();
+    let id = first.job.unwrap().job_id;
+    client.wait(id).await.unwrap();
+
+    let again = push(&mut rpc, header(1, 5, &data), &data).await.unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(again.job.unwrap().job_id, id);
+    // Digest only in a trailer (the library's way): the stream is hashed, then matched.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal-5.log");
+    std::fs::write(&path, &data).unwrap();
+    let via_trailer = client
+        .push_file(1, 5, &path, &Default::default())
+        .await
+        .unwrap();
+    assert!(via_trailer.deduplicated);
+    assert_eq!(via_trailer.job.id, id);
+    assert_eq!(server.archives(1).len(), 1);
+
+    let other = json_segment(40, 100_000);
+    let conflict = push(&mut rpc, header(1, 5, &other), &other)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists);
+    let existing = wal_archiver::types::Digest::of(&data).to_hex();
+    let pushed = wal_archiver::types::Digest::of(&other).to_hex();
+    assert!(
+        conflict.message().contains(&existing) && conflict.message().contains(&pushed),
+        "{}",
+        conflict.message()
+    );
+    std::fs::write(&path, &other).unwrap();
+    let conflict = client
+        .push_file(1, 5, &path, &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Some(Code::AlreadyExists));
+    assert_eq!(
+        zstd_decode(&server.archive_path(1, 5)),
+        data,
+        "the archive is untouched"
+    );
+
+    // The same segment while its first upload is still being received.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(header_msg(header(2, 1, &data))).await.unwrap();
+    let mut holder = server.rpc().await;
+    let held = tokio::spawn(async move { holder.archive(ReceiverStream::new(rx)).await });
+    eventually(Duration::from_secs(30), || async {
+        (jobs_of(&server, 2).await.len() == 1).then_some(())
+    })
+    .await;
+    let busy = push(&mut rpc, header(2, 1, &data), &data)
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::Aborted);
+    assert!(
+        busy.message().contains("being received"),
+        "{}",
+        busy.message()
+    );
+    for m in data_msgs(&data, 30_000) {
+        tx.send(m).await.unwrap();
+    }
+    drop(tx);
+    held.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_json_line_fails_the_job_with_its_line_number() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let client = server.client().await;
+    let data =
+        b"{\"timestamp\":1,\"a\":1}\n\n{\"timestamp\":2}\n[1,2]\n{\"timestamp\":3}\n".to_vec();
+    let mut queued = header(1, 1, &data);
+    queued.kind = proto::ContentKind::JsonLines as i32;
+    let reply = push(&mut rpc, queued, &data).await.unwrap();
+    let failed = client.wait(reply.job.unwrap().job_id).await.unwrap_err();
+    assert!(failed.to_string().contains("line 4"), "{failed}");
+
+    // With ack ARCHIVED the push itself answers, precisely.
+    let torn = b"{\"timestamp\":1}\n{\"timestamp\":2,\"payload\":{\"x\":".to_vec();
+    let mut archived = header(2, 1, &torn);
+    archived.kind = proto::ContentKind::JsonLines as i32;
+    archived.ack = proto::AckLevel::Archived as i32;
+    let status = push(&mut rpc, archived, &torn).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("line 2"), "{}", status.message());
+    assert_no_files(&server, 1);
+    assert_no_files(&server, 2);
+    assert_eq!(client.shard(2).await.unwrap().archived_watermark, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_refuses_at_once_and_other_shards_go_on() {
+    let server = Server::start(&["--archive-queue-size", "2"]);
+    let data = json_segment(6, 100_000);
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for log_id in 1..=2u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(header_msg(header(5, log_id, &data))).await.unwrap();
+        let mut rpc = server.rpc().await;
+        calls.push(tokio::spawn(async move {
+            rpc.archive(ReceiverStream::new(rx)).await
+        }));
+        senders.push(tx);
+    }
+    eventually(Duration::from_secs(30), || async {
+        (jobs_of(&server, 5).await.len() == 2).then_some(())
+    })
+    .await;
+    let mut rpc = server.rpc().await;
+    let full = push(&mut rpc, header(5, 3, &data), &data)
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("queue is full"),
+        "{}",
+        full.message()
+    );
+    assert_eq!(
+        jobs_of(&server, 5).await.len(),
+        2,
+        "a refused push creates no job"
+    );
+    push(&mut rpc, header(6, 1, &data), &data).await.unwrap();
+
+    for tx in senders {
+        for m in data_msgs(&data, 30_000) {
+            tx.send(m).await.unwrap();
+        }
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let client = server.client().await;
+    eventually(Duration::from_secs(30), || async {
+        (client.shard(5).await.ok()?.archived == 2).then_some(())
+    })
+    .await;
+    push(&mut rpc, header(5, 3, &data), &data).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_disk_budget_refuses_before_writing() {
+    let server = Server::start(&["--min-free-bytes", "1152921504606846976"]);
+    let mut rpc = server.rpc().await;
+    let data = json_segment(7, 10_000);
+    let status = push(&mut rpc, header(1, 1, &data), &data)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("free"), "{}", status.message());
+    assert!(jobs_of(&server, 1).await.is_empty());
+    assert_no_files(&server, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_unknown_things_and_damaged_archives() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let code = |r: Result<tonic::Response<proto::Job>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(rpc.get_job(proto::GetJobRequest { job_id: 77 }).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        rpc.get_shard(proto::GetShardRequest { shard_id: 77 })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let restore = rpc
+        .restore(proto::RestoreRequest {
+            shard_id: 1,
+            log_id: 1,
+        })
+        .await;
+    assert_eq!(restore.err().map(|s| s.code()), Some(Code::NotFound));
+    let bad_token = proto::ListJobsRequest {
+        page_token: "not-a-token".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        rpc.list_jobs(bad_token).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    // Damage archives on disk: restore ends with DATA_LOSS, never a complete copy.
+    let data = wal_archiver::walgen::EventGenerator::new(8).segment(3 << 20);
+    for (log_id, damage) in [(1u64, "flip"), (2, "truncate")] {
+        let mut archived = header(1, log_id, &data);
+        archived.ack = proto::AckLevel::Archived as i32;
+        push(&mut rpc, archived, &data).await.unwrap();
+        let path = server.archive_path(1, log_id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        if damage == "flip" {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+        } else {
+            bytes.truncate(bytes.len() - 100);
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let mut received = 0usize;
+        let end = match rpc
+            .restore(proto::RestoreRequest {
+                shard_id: 1,
+                log_id,
+            })
+            .await
+        {
+            Err(status) => status,
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(chunk)) => received += chunk.data.len(),
+                        Ok(None) => {
+                            panic!("{damage}: the stream ended cleanly after {received} bytes")
+                        }
+                        Err(status) => break status,
+                    }
+                }
+            }
+        };
+        assert_eq!(end.code(), Code::DataLoss, "{damage}: {end:?}");
+        assert!(
+            received < data.len(),
+            "{damage}: the whole segment was sent"
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! A job's life through the real server: every state seen by a watcher,
+//! cancel in each state, status kept across restarts, fairness between
+//! shards, and a graceful shutdown that keeps queued work.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use wal_archiver::client::PushOptions;
+use wal_archiver::proto;
+use wal_archiver::types::{ContentKind, JobState};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn job_id_in(server: &Server, shard: u32, state: proto::JobState) -> u64 {
+    let mut rpc = server.rpc().await;
+    eventually(LIMIT, || {
+        let mut rpc = rpc.clone();
+        async move {
+            let request = proto::ListJobsRequest {
+                shard_id: Some(shard),
+                state: state as i32,
+                ..Default::default()
+            };
+            rpc.list_jobs(request)
+                .await
+                .ok()?
+                .into_inner()
+                .jobs
+                .first()
+                .map(|j| j.job_id)
+        }
+    })
+    .await
+    .max(
+        rpc.get_shard(proto::GetShardRequest { shard_id: shard })
+            .await
+            .map(|_| 0)
+            .unwrap_or(0),
+    )
+}
+
+/// A segment slow enough to compress (level 19) that it is reliably seen COMPRESSING.
+fn slow_options() -> PushOptions {
+    PushOptions {
+        kind: ContentKind::JsonLines,
+        zstd_level: Some(19),
+        ..PushOptions::default()
+    }
+}
+
+fn write_segment(dir: &std::path::Path, name: &str, seed: u64, size: usize) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, json_segment(seed, size)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sees_every_state_in_order() {
+    let server = Server::start(&[]);
+    let data = json_segment(1, 2 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    let chunks = data_msgs(&data, 256 << 10);
+    let (first, rest) = chunks.split_at(2);
+    for m in first {
+        tx.send(m.clone()).await.unwrap();
+    }
+    let mut rpc = server.rpc().await;
+    let upload = tokio::spawn(async move { rpc.archive(ReceiverStream::new(rx)).await });
+    let id = job_id_in(&server, 1, proto::JobState::Receiving).await;
+    let client = server.client().await;
+    let states = client.watch(id).await.unwrap();
+    for m in rest {
+        tx.send(m.clone()).await.unwrap();
+    }
+    drop(tx);
+    upload.await.unwrap().unwrap();
+    let seen: Vec<JobState> = states.map(|job| job.unwrap().state).collect().await;
+    assert_eq!(
+        seen,
+        vec![
+            JobState::Receiving,
+            JobState::Queued,
+            JobState::Compressing,
+            JobState::Archived
+        ]
+    );
+
+    let unknown = client.watch(424_242).await.err().and_then(|e| e.code());
+    assert_eq!(unknown, Some(Code::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_in_every_state() {
+    let server = Server::start(&["--archive-parallelism", "1", "--multithread-min-size", "0"]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // RECEIVING: the uploader's call ends CANCELLED.
+    let data = json_segment(2, 300_000);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    let mut rpc = server.rpc().await;
+    let upload = tokio::spawn(async move { rpc.archive(ReceiverStream::new(rx)).await });
+    let receiving = job_id_in(&server, 1, proto::JobState::Receiving).await;
+    assert_eq!(
+        client.cancel(receiving).await.unwrap().state,
+        JobState::Cancelled
+    );
+    assert_eq!(upload.await.unwrap().unwrap_err().code(), Code::Cancelled);
+    drop(tx);
+
+    // COMPRESSING and QUEUED: one worker, busy with a slow segment.
+    let slow = write_segment(dir.path(), "slow.log", 3, 24 << 20);
+    let running = client
+        .push_file(2, 1, &slow, &slow_options())
+        .await
+        .unwrap()
+        .job
+        .id;
+    let queued_path = write_segment(dir.path(), "queued.log", 4, 100_000);
+    let queued = client
+        .push_file(2, 2, &queued_path, &PushOptions::default())
+        .await
+        .unwrap()
+        .job
+        .id;
+    eventually(LIMIT, || async {
+        (client.job(running).await.ok()?.state == JobState::Compressing).then_some(())
+    })
+    .await;
+    assert_eq!(client.job(queued).await.unwrap().state, JobState::Queued);
+    assert_eq!(
+        client.cancel(queued).await.unwrap().state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        client.cancel(running).await.unwrap().state,
+        JobState::Cancelled
+    );
+    eventually(LIMIT, || async {
+        server.spool_files().is_empty().then_some(())
+    })
+    .await;
+    assert!(server.archives(2).is_empty());
+    assert!(server.temporaries().is_empty());
+    assert_eq!(
+        client.shard(2).await.unwrap().archived_watermark,
+        None,
+        "cancelled segments hold the watermark"
+    );
+
+    // Finished: FAILED_PRECONDITION. A cancelled segment can be pushed again.
+    let again = client
+        .push_file(2, 2, &queued_path, &PushOptions::default())
+        .await
+        .unwrap();
+    let done = client.wait(again.job.id).await.unwrap();
+    let refused = client.cancel(done.id).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::FailedPrecondition));
+    assert!(refused.to_string().contains("ARCHIVED"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_status() {
+    let mut server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let client = server.client().await;
+    let mut segments = Vec::new();
+    for (shard, log_id) in [(1u32, 1u64), (1, 2), (2, 1)] {
+        let path = write_segment(
+            dir.path(),
+            &format!("{shard}-{log_id}"),
+            shard as u64 * 10 + log_id,
+            200_000,
+        );
+        let pushed = client
+            .push_file(shard, log_id, &path, &PushOptions::default())
+            .await
+            .unwrap();
+        client.wait(pushed.job.id).await.unwrap();
+        segments.push((shard, log_id, path));
+    }
+    let mut rpc = server.rpc().await;
+    let data = json_segment(99, 10_000);
+    let mut lying = header(2, 2, &data);
+    lying.sha256 = bytes::Bytes::copy_from_slice(&[1u8; 32]);
+    push(&mut rpc, lying, &data).await.unwrap_err();
+    let before = client
+        .list(proto::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .0;
+    let shards_before = (
+        client.shard(1).await.unwrap(),
+        client.shard(2).await.unwrap(),
+    );
+
+    assert!(server.terminate().success(), "SIGTERM exits 0");
+    server.restart();
+    let client = server.client().await;
+    let after = client
+        .list(proto::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(before, after);
+    assert_eq!(
+        (
+            client.shard(1).await.unwrap(),
+            client.shard(2).await.unwrap()
+        ),
+        shards_before
+    );
+    for (shard, log_id, path) in &segments {
+        let mut restored = std::io::Cursor::new(Vec::new());
+        client
+            .restore_to(*shard, *log_id, &mut restored, None)
+            .await
+            .unwrap();
+        assert_eq!(&restored.into_inner(), &std::fs::read(path).unwrap());
+    }
+    let next = client
+        .push_file(3, 1, &segments[0].2, &PushOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        next.job.id > before.iter().map(|j| j.id).max().unwrap(),
+        "job ids continue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_progress_while_a_third_is_flooded() {
+    let server = Server::start(&[
+        "--archive-parallelism",
+        "1",
+        "--archive-queue-size",
+        "64",
+        "--multithread-min-size",
+        "0",
+    ]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flood = write_segment(dir.path(), "flood.log", 5, 2 << 20);
+    for log_id in 1..=12 {
+        client
+            .push_file(3, log_id, &flood, &slow_options())
+            .await
+            .unwrap();
+    }
+    let small = write_segment(dir.path(), "small.log", 6, 50_000);
+    let one = client
+        .push_file(1, 1, &small, &PushOptions::default())
+        .await
+        .unwrap();
+    let two = client
+        .push_file(2, 1, &small, &PushOptions::default())
+        .await
+        .unwrap();
+    client.wait(one.job.id).await.unwrap();
+    client.wait(two.job.id).await.unwrap();
+    let flooded = client.shard(3).await.unwrap();
+    assert!(
+        flooded.queued >= 6,
+        "shards 1 and 2 waited for most of shard 3's queue: {flooded:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_queued_jobs_survive() {
+    let mut server = Server::start(&[
+        "--archive-parallelism",
+        "1",
+        "--shutdown-grace",
+        "1",
+        "--multithread-min-size",
+        "0",
+    ]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let slow = write_segment(dir.path(), "slow.log", 7, 16 << 20);
+    let running = client
+        .push_file(1, 1, &slow, &slow_options())
+        .await
+        .unwrap()
+        .job
+        .id;
+    let mut queued = Vec::new();
+    for log_id in 2..=3 {
+        let path = write_segment(dir.path(), &format!("q{log_id}"), 10 + log_id, 100_000);
+        queued.push((
+            log_id,
+            client
+                .push_file(1, log_id, &path, &PushOptions::default())
+                .await
+                .unwrap()
+                .job
+                .id,
+            path,
+        ));
+    }
+    eventually(LIMIT, || async {
+        (client.job(running).await.ok()?.state == JobState::Compressing).then_some(())
+    })
+    .await;
+
+    signal(server.pid(), libc::SIGTERM);
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let drained = eventually(LIMIT, || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .ok()?;
+            (status.into_inner().status == not_serving).then_some(())
+        }
+    })
+    .await;
+    drop(drained);
+    let mut rpc = server.rpc().await;
+    let data = json_segment(20, 1000);
+    let refused = push(&mut rpc, header(1, 9, &data), &data)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    drop(health);
+    assert!(server.terminate().success(), "exit code 0 after draining");
+
+    server.restart();
+    let client = server.client().await;
+    let resumed = client.wait(running).await.unwrap();
+    assert_eq!(
+        resumed.state,
+        JobState::Archived,
+        "the interrupted job is resumed, not lost"
+    );
+    for (log_id, id, path) in queued {
+        client.wait(id).await.unwrap();
+        let mut restored = std::io::Cursor::new(Vec::new());
+        client
+            .restore_to(1, log_id, &mut restored, None)
+            .await
+            .unwrap();
+        assert_eq!(restored.into_inner(), std::fs::read(path).unwrap());
+    }
+    assert!(server.spool_files().is_empty());
+}
