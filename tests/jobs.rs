@@ -316,9 +316,9 @@ async fn sigterm_drains_and_queued_jobs_survive() {
         .connect()
         .await
         .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
     let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
-    let drained = eventually(LIMIT, || {
+    eventually(LIMIT, || {
         let mut health = health.clone();
         async move {
             let status = health
@@ -329,7 +329,6 @@ async fn sigterm_drains_and_queued_jobs_survive() {
         }
     })
     .await;
-    drop(drained);
     let mut rpc = server.rpc().await;
     let data = json_segment(20, 1000);
     let refused = push(&mut rpc, header(1, 9, &data), &data)
