@@ -33,13 +33,13 @@ fn segment(shard: u32, log_id: u64) -> Vec<u8> {
 fn options(shard: u32, log_id: u64) -> PushOptions {
     PushOptions {
         kind: ContentKind::JsonLines,
-        ack: if (shard as u64 + log_id) % 3 == 0 {
+        ack: if (shard as u64 + log_id).is_multiple_of(3) {
             AckLevel::Archived
         } else {
             AckLevel::Queued
         },
         // Some slow jobs, so kills also land mid-compression.
-        zstd_level: Some(if (shard as u64 * 7 + log_id) % 4 == 0 {
+        zstd_level: Some(if (shard as u64 * 7 + log_id).is_multiple_of(4) {
             12
         } else {
             3
