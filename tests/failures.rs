@@ -546,3 +546,159 @@ async fn reads_of_unknown_things_and_damaged_archives() {
         );
     }
 }
+
+/// Sends raw bytes as request messages, to play a client that speaks broken protobuf.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = proto::ArchiveReply;
+    type Encoder = RawEncoder;
+    type Decoder =
+        <tonic_prost::ProstCodec<(), proto::ArchiveReply> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(
+            &mut tonic_prost::ProstCodec::<(), proto::ArchiveReply>::default(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_is_invalid_argument() {
+    let server = Server::start(&[]);
+    let data = json_segment(9, 20_000);
+    let valid_header = prost::Message::encode_to_vec(&header_msg(header(1, 1, &data)));
+    let garbage = vec![0xff, 0xff, 0xff, 0x07];
+    for (case, messages) in [
+        ("first message", vec![garbage.clone()]),
+        ("after the header", vec![valid_header, garbage]),
+    ] {
+        let channel = tonic::transport::Endpoint::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static("/walarchiver.v1.WalArchiver/Archive");
+        let request = tonic::Request::new(tokio_stream::iter(messages));
+        let status = grpc
+            .client_streaming(request, path, RawCodec)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert!(
+            status.message().contains("malformed"),
+            "{case}: {}",
+            status.message()
+        );
+    }
+    // The job opened by the valid header failed, and left nothing behind.
+    failed_job(&server, 1).await;
+    assert_no_files(&server, 1);
+}
+
+/// Unmounts on drop, also when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_mid_write_fails_the_job_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small-disk");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&small)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!(
+            "skipped: cannot mount a tmpfs here (needs root); the min_free_bytes budget is tested instead"
+        );
+        return;
+    }
+    let _unmount = Mount(small.clone());
+    let server = Server::start_in(&small.join("data"), &["--min-free-bytes", "0"]);
+    let mut rpc = server.rpc().await;
+
+    // 10 MiB that does not compress, size and digest only in the trailer, so
+    // the free-space check cannot refuse it up front: the write itself fails.
+    let mut noise = Vec::with_capacity(10 << 20);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    while noise.len() < 10 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut first = header(1, 1, &noise);
+    first.size = None;
+    first.sha256 = Bytes::new();
+    let mut messages = vec![header_msg(first)];
+    messages.extend(data_msgs(&noise, 256 << 10));
+    messages.push(message(Msg::Trailer(proto::SegmentTrailer {
+        size: Some(noise.len() as u64),
+        sha256: Bytes::copy_from_slice(&wal_archiver::types::Digest::of(&noise).0),
+    })));
+    let status = send(&mut rpc, messages).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("No space left"),
+        "{}",
+        status.message()
+    );
+    let job = failed_job(&server, 1).await;
+    assert!(job.reason.contains("No space left"), "{}", job.reason);
+    assert_no_files(&server, 1);
+    assert!(server.log_text().is_empty() || !server.log_text().contains("could not record"));
+
+    // The failed segment can be pushed again once there is room (here: smaller).
+    let retry = json_segment(11, 300_000);
+    let reply = push(&mut rpc, header(1, 1, &retry), &retry).await.unwrap();
+    assert!(!reply.deduplicated);
+    server
+        .client()
+        .await
+        .wait(reply.job.unwrap().job_id)
+        .await
+        .unwrap();
+
+    // Another shard is still served, end to end.
+    let data = json_segment(10, 200_000);
+    let mut archived = header(2, 1, &data);
+    archived.ack = proto::AckLevel::Archived as i32;
+    push(&mut rpc, archived, &data).await.unwrap();
+    assert_eq!(zstd_decode(&server.archive_path(2, 1)), data);
+}

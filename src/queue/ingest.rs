@@ -149,19 +149,42 @@ pub(super) async fn begin(inner: Arc<Inner>, request: SegmentRequest) -> Result<
         zstd_level: level,
     };
     let db_inner = inner.clone();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
     let inserted = blocking(move || {
+        // Insert and register under one lock, so no one sees this RECEIVING
+        // row without its live upload (see the staleness check below).
+        let mut receiving = db_inner.receiving.lock().unwrap_or_else(|p| p.into_inner());
         let job = match db_inner.db.insert_receiving(&new)? {
             Ok(job) => job,
-            Err(existing) => return Ok(Err(existing)),
+            Err(existing) => {
+                if existing.state == JobState::Receiving && !receiving.contains_key(&existing.id) {
+                    // Its upload ended but recording that failed (a full disk,
+                    // say): fail it now so the segment can be pushed again.
+                    let reason =
+                        "interrupted: the upload ended but its failure could not be recorded";
+                    db_inner.db.fail(
+                        existing.id,
+                        &[JobState::Receiving],
+                        FailureKind::Interrupted,
+                        reason,
+                    )?;
+                    return Ok(Err(None));
+                }
+                return Ok(Err(Some(existing)));
+            }
         };
         match db_inner.spool.create(job.id) {
-            Ok(file) => Ok(Ok((job, file))),
+            Ok(file) => {
+                receiving.insert(job.id, token);
+                Ok(Ok((job, file)))
+            }
             Err(e) => {
                 let err = QueueError::from(e);
-                db_inner.db.transition(
+                db_inner.db.fail(
                     job.id,
                     &[JobState::Receiving],
-                    JobState::Failed,
+                    err.failure_kind(),
                     &err.to_string(),
                 )?;
                 Err(err)
@@ -171,7 +194,11 @@ pub(super) async fn begin(inner: Arc<Inner>, request: SegmentRequest) -> Result<
     .await;
     let (job, file) = match inserted {
         Ok(Ok(created)) => created,
-        Ok(Err(existing)) => {
+        Ok(Err(None)) => {
+            inner.scheduler.release(request.shard_id);
+            return Box::pin(begin(inner, request)).await;
+        }
+        Ok(Err(Some(existing))) => {
             inner.scheduler.release(request.shard_id);
             return match (existing.state, request.sha256) {
                 (JobState::Receiving, _) => Err(busy(&existing)),
@@ -198,12 +225,6 @@ pub(super) async fn begin(inner: Arc<Inner>, request: SegmentRequest) -> Result<
             return Err(e);
         }
     };
-    let cancel = CancellationToken::new();
-    inner
-        .receiving
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(job.id, cancel.clone());
     inner.emit(&job);
     Ok(Begin::Stream(Box::new(Upload {
         inner,
@@ -305,7 +326,13 @@ impl Upload {
                 self.sink = Some(sink);
                 Ok(())
             }
-            Ok((_, Err(e))) => Err(self.fail(e).await),
+            Ok((sink, Err(e))) => {
+                // Close the spool file first: an unlinked file that is still
+                // open keeps its space, and a full disk needs that space back
+                // to record the failure.
+                drop(sink);
+                Err(self.fail(e).await)
+            }
             Err(e) => Err(self
                 .fail(QueueError::Internal(format!("spool writer failed: {e}")))
                 .await),
@@ -448,6 +475,9 @@ fn abandon(
     failure: Option<(FailureKind, String)>,
 ) -> Result<(), QueueError> {
     inner.scheduler.release(shard);
+    // The spool goes first: when the disk is full, its space is what lets the
+    // jobs database record the failure.
+    let removed = inner.spool.remove(id);
     let job = match failure {
         Some((kind, reason)) => inner.db.fail(id, &[JobState::Receiving], kind, &reason),
         None => inner.db.transition(
@@ -457,7 +487,6 @@ fn abandon(
             "cancelled by request",
         ),
     };
-    let removed = inner.spool.remove(id);
     if let Some(job) = job? {
         inner.emit(&job);
     }
