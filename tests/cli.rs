@@ -217,3 +217,26 @@ async fn errors_print_code_and_exit_non_zero() {
     assert!(!unreachable.status.success());
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn bench_quick_runs_all_three_contenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["bench", "--quick", "--work-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for method in ["in-database baseline", "zstd CLI", "wal-archiver service"] {
+        assert_eq!(
+            stdout.matches(method).count(),
+            3,
+            "{method} in each of the 3 workloads:\n{stdout}"
+        );
+    }
+}
