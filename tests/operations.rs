@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use tonic::Code;
 use wal_archiver::client::{Client, ClientError, PushOptions, RetryPolicy};
-use wal_archiver::types::{AckLevel, ContentKind};
+use wal_archiver::types::{AckLevel, ContentKind, JobState};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -317,4 +317,42 @@ async fn json_logs_carry_the_job_span() {
     assert_eq!(archived["span"]["shard_id"], 6);
     assert_eq!(archived["span"]["log_id"], 42);
     assert!(archived["span"]["job_id"].as_u64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_unary_call_gets_deadline_exceeded() {
+    let server = Server::start(&[
+        "--unary-timeout-ms",
+        "5",
+        "--archive-parallelism",
+        "1",
+        "--multithread-min-size",
+        "0",
+    ]);
+    let client = server.client().await.retry_policy(RetryPolicy::none());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.log");
+    std::fs::write(&path, json_segment(77, 8 << 20)).unwrap();
+    let options = PushOptions {
+        zstd_level: Some(19),
+        ..PushOptions::default()
+    };
+    // Streaming calls are not cut by the unary deadline: the push goes through.
+    let job = client
+        .push_file(1, 1, &path, &options)
+        .await
+        .unwrap()
+        .job
+        .id;
+    eventually(Duration::from_secs(60), || async {
+        (client.job(job).await.ok()?.state == JobState::Compressing).then_some(())
+    })
+    .await;
+    // Cancelling a compressing job waits for its worker: longer than 5 ms.
+    let late = client.cancel(job).await.unwrap_err();
+    assert_eq!(late.code(), Some(Code::DeadlineExceeded), "{late}");
+    assert!(
+        late.to_string().contains("unary_timeout_ms (5 ms)"),
+        "{late}"
+    );
 }
