@@ -321,38 +321,50 @@ async fn json_logs_carry_the_job_span() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_unary_call_gets_deadline_exceeded() {
-    let server = Server::start(&[
-        "--unary-timeout-ms",
-        "5",
-        "--archive-parallelism",
-        "1",
-        "--multithread-min-size",
-        "0",
-    ]);
+    let server = Server::start(&["--unary-timeout-ms", "200"]);
     let client = server.client().await.retry_policy(RetryPolicy::none());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("slow.log");
-    std::fs::write(&path, json_segment(77, 8 << 20)).unwrap();
-    let options = PushOptions {
-        zstd_level: Some(19),
-        ..PushOptions::default()
-    };
-    // Streaming calls are not cut by the unary deadline: the push goes through.
-    let job = client
-        .push_file(1, 1, &path, &options)
-        .await
-        .unwrap()
-        .job
-        .id;
-    eventually(Duration::from_secs(60), || async {
-        (client.job(job).await.ok()?.state == JobState::Compressing).then_some(())
+    let data = json_segment(5, 100_000);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    let mut uploader = server.rpc().await;
+    let held = tokio::spawn(async move {
+        uploader
+            .archive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let receiving = eventually(Duration::from_secs(30), || async {
+        let request = wal_archiver::proto::ListJobsRequest {
+            shard_id: Some(1),
+            ..Default::default()
+        };
+        client.list(request).await.ok()?.0.first().map(|job| job.id)
     })
     .await;
-    // Cancelling a compressing job waits for its worker: longer than 5 ms.
-    let late = client.cancel(job).await.unwrap_err();
+
+    // Another process (a backup tool, say) holds the jobs database's write
+    // lock: a cancel must wait for it, and gets DEADLINE_EXCEEDED in time.
+    let holder = rusqlite::Connection::open(server.data_dir.join("jobs.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let late = client.cancel(receiving).await.unwrap_err();
     assert_eq!(late.code(), Some(Code::DeadlineExceeded), "{late}");
     assert!(
-        late.to_string().contains("unary_timeout_ms (5 ms)"),
+        late.to_string().contains("unary_timeout_ms (200 ms)"),
         "{late}"
+    );
+    // A push (a stream) started now waits for the lock too, past the unary deadline, and is not cut.
+    let other = json_segment(6, 50_000);
+    let mut pusher = server.rpc().await;
+    let pushing =
+        tokio::spawn(async move { push(&mut pusher, header(2, 1, &other), &other).await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    holder.execute_batch("COMMIT;").unwrap();
+    drop(holder);
+    pushing.await.unwrap().unwrap();
+    // The cancel itself went through once the lock was free.
+    assert_eq!(held.await.unwrap().unwrap_err().code(), Code::Cancelled);
+    drop(tx);
+    assert_eq!(
+        client.job(receiving).await.unwrap().state,
+        JobState::Cancelled
     );
 }
