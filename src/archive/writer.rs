@@ -13,6 +13,9 @@ use super::ArchiveError;
 use super::format::{self, ArchiveFooter, ArchiveHeader, FORMAT_VERSION};
 use crate::types::JsonStats;
 
+/// Bytes per zstd worker job when one segment is compressed on several threads.
+const MULTITHREAD_JOB_SIZE: u32 = 4 << 20;
+
 pub struct ArchiveWriter<W: Write> {
     encoder: zstd::stream::write::Encoder<'static, CountingWriter<W>>,
     hasher: Xxh3,
@@ -53,6 +56,10 @@ impl<W: Write> ArchiveWriter<W> {
         encoder.set_pledged_src_size(Some(header.original_size))?;
         if zstd_workers > 1 {
             encoder.multithread(zstd_workers)?;
+            // By default zstd makes each job four windows long (8 MiB at level
+            // 3) and buffers several per worker: 69 MiB peak for a 1 GiB
+            // segment. 4 MiB jobs measured the same speed at about 45 MiB.
+            encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(MULTITHREAD_JOB_SIZE))?;
         }
         Ok(ArchiveWriter {
             encoder,
