@@ -133,12 +133,19 @@ struct ClientArgs {
     /// PEM client certificate, when the server verifies clients.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
 }
 
-/// Every flag overrides the config key of the same name (see README).
+/// Every flag overrides the config key of the same name; the README's
+/// configuration table says what each one means and its default.
 #[derive(Args, Serialize)]
+#[command(
+    after_help = "Each --flag sets the config key of the same name (dashes for underscores); \
+values come from defaults, then --config FILE, then WAL_ARCHIVER_<KEY> variables, then flags. \
+See the configuration table in README.md."
+)]
 struct ServeArgs {
     /// TOML config file.
     #[arg(long)]
@@ -227,6 +234,7 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct PushArgs {
+    /// The shard the segments belong to.
     #[arg(long)]
     shard: u32,
     /// The segment's log id (with FILE).
@@ -238,6 +246,7 @@ struct PushArgs {
     /// Push every wal-<id>.log of this directory with id below --up-to.
     #[arg(long, requires = "up_to")]
     wal_dir: Option<PathBuf>,
+    /// Push the files whose log id is below this one.
     #[arg(long, requires = "wal_dir")]
     up_to: Option<u64>,
     /// Wait until each job is ARCHIVED.
@@ -246,6 +255,7 @@ struct PushArgs {
     /// With --wal-dir: delete the files once every one is ARCHIVED (implies --wait).
     #[arg(long, requires = "wal_dir")]
     delete: bool,
+    /// raw (opaque bytes) or json-lines (every non-empty line must be a JSON object).
     #[arg(long, default_value = "raw", value_parser = parse_kind)]
     kind: ContentKind,
     /// Reply only once the archive is durable, instead of once the bytes are spooled.
