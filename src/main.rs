@@ -514,20 +514,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let flags = toml::Table::try_from(&args).context("command-line flags")?;
     let config = Config::load(args.config.as_deref(), std::env::vars(), flags)?;
     init_tracing(config.log_format);
-    let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+    // Install the handlers now, not when the future is first polled: a
+    // SIGTERM that arrives before then would kill the process outright
+    // instead of draining it.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
     wal_archiver::service::serve(config, shutdown, |addr| {

@@ -357,3 +357,18 @@ async fn sigterm_drains_and_queued_jobs_survive() {
     }
     assert!(server.spool_files().is_empty());
 }
+
+/// SIGTERM right after the server says it listens must still drain and exit 0
+/// (the handlers are installed before it listens; once they were not).
+#[test]
+fn sigterm_right_after_start_exits_cleanly() {
+    for round in 0..20 {
+        let mut server = Server::start(&[]);
+        let status = server.terminate();
+        assert!(
+            status.success(),
+            "round {round}: {status:?}\n{}",
+            server.log_text()
+        );
+    }
+}
