@@ -2,6 +2,9 @@
 //! wins): built-in defaults, a TOML file (`--config`), `WAL_ARCHIVER_*`
 //! environment variables, command-line flags. Each layer is a TOML table merged
 //! over the previous one, so every key can be set the same way in every layer.
+//!
+//! Every key is declared once, in `config_keys!` below: its type, default and
+//! help text make the `Config` field, its default, and its `serve --flag`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,71 +13,105 @@ use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "WAL_ARCHIVER_";
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// gRPC listen address.
-    pub listen: SocketAddr,
-    /// Jobs database, spool and archives live below this directory.
-    pub data_dir: PathBuf,
-    /// Compression workers; 0 means one per core.
-    pub archive_parallelism: usize,
-    /// Jobs a shard may have received or waiting (RECEIVING + QUEUED) before pushes get RESOURCE_EXHAUSTED.
-    pub archive_queue_size: usize,
-    /// zstd level used when a push does not ask for one.
-    pub compression_level: i32,
-    /// Largest segment accepted, in bytes.
-    pub max_segment_size: u64,
-    /// Largest data chunk in one request message, in bytes.
-    pub max_chunk_size: usize,
-    /// Pushes are refused with RESOURCE_EXHAUSTED while the data dir has less free space than this, in bytes.
-    pub min_free_bytes: u64,
-    /// Segments being received at once, over all shards; more get RESOURCE_EXHAUSTED.
-    pub max_concurrent_uploads: usize,
-    /// Longest line of a JSON-lines segment, in bytes.
-    pub max_json_line_size: usize,
-    /// Seconds running compressions get to finish after SIGTERM/SIGINT.
-    pub shutdown_grace: u64,
-    /// Use zstd's own worker threads for one segment when it is the only work and at least this big, in bytes; 0 turns it off.
-    pub multithread_min_size: u64,
-    /// Nice value (0–19) of the compression threads, so receiving and
-    /// acknowledging segments takes precedence over background compression.
-    pub worker_nice: i32,
-    /// `text` or `json`.
-    pub log_format: LogFormat,
-    /// PEM certificate chain and key: serve gRPC over TLS.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA bundle: require client certificates signed by it.
-    pub tls_client_ca: Option<PathBuf>,
-    /// TOML file of bearer tokens (see docs/OPERATIONS.md); unset means no authentication.
-    pub tokens_file: Option<PathBuf>,
-    /// Allow listening on a non-loopback address without a tokens file.
-    pub allow_unauthenticated: bool,
-    /// Keep archives at least this many days; 0 turns the age rule off.
-    pub retain_days: u64,
-    /// Keep at least the newest this many archives per shard; 0 turns the count rule off.
-    pub retain_count: u64,
-    /// Seconds between retention passes.
-    pub retention_interval: u64,
-    /// Prometheus metrics over HTTP on this address; unset means off.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Milliseconds a unary call (status, list, cancel) may take before DEADLINE_EXCEEDED.
-    pub unary_timeout_ms: u64,
-    /// Requests handled at once over all connections; more get RESOURCE_EXHAUSTED.
-    pub max_concurrent_requests: usize,
-    /// HTTP/2 streams one connection may have open at once.
-    pub max_streams_per_connection: u32,
+/// Declares the configuration keys. `switch` makes the flag usable without a
+/// value (`--allow-unauthenticated` means `true`).
+macro_rules! config_keys {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr $(, switch = $switch:literal)? ;
+    )*) => {
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $name: $default, )* }
+            }
+        }
+
+        /// Every configuration key as a `serve` flag. Values are parsed like
+        /// the same key's environment variable.
+        #[derive(clap::Args, Clone, Debug, Default)]
+        pub struct ConfigFlags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, value_name = "VALUE")]
+                $(#[arg(num_args = 0..=1, default_missing_value = $switch)])?
+                pub $name: Option<String>,
+            )*
+        }
+
+        impl ConfigFlags {
+            /// The flags that were given, as (key, text) pairs.
+            pub fn given(&self) -> Vec<(&'static str, String)> {
+                let mut given = Vec::new();
+                $( if let Some(value) = &self.$name { given.push((stringify!($name), value.clone())); } )*
+                given
+            }
+        }
+
+        /// Every key, in declaration order.
+        pub const KEYS: &[&str] = &[$(stringify!($name)),*];
+    };
 }
 
-/// Keys whose default is unset, so they are absent from the defaults table.
-const OPTIONAL_KEYS: [&str; 5] = [
-    "tls_cert",
-    "tls_key",
-    "tls_client_ca",
-    "tokens_file",
-    "metrics_listen",
-];
+config_keys! {
+    /// gRPC listen address (`127.0.0.1:0` picks a free port; the bound address is printed).
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 50051));
+    /// Jobs database, spool and archives live below this directory.
+    data_dir: PathBuf = PathBuf::from("./data");
+    /// Compression worker threads; 0 means one per core.
+    archive_parallelism: usize = 0;
+    /// Segments a shard may have being received or queued; more get RESOURCE_EXHAUSTED.
+    archive_queue_size: usize = 64;
+    /// zstd level used when a push does not ask for one.
+    compression_level: i32 = 3;
+    /// Largest segment accepted, in bytes.
+    max_segment_size: u64 = 4 << 30;
+    /// Largest data chunk in one request message (and restore chunk size), in bytes.
+    max_chunk_size: usize = 1 << 20;
+    /// Pushes are refused while the data dir has less free space than this plus the declared segment size, in bytes.
+    min_free_bytes: u64 = 256 << 20;
+    /// Segments being received at once, over all shards; more get RESOURCE_EXHAUSTED.
+    max_concurrent_uploads: usize = 256;
+    /// Longest line of a JSON-lines segment, in bytes.
+    max_json_line_size: usize = 16 << 20;
+    /// Seconds running compressions get to finish after SIGTERM/SIGINT.
+    shutdown_grace: u64 = 30;
+    /// A segment at least this big that is the only work is compressed on zstd's own threads, in bytes; 0 turns this off.
+    multithread_min_size: u64 = 32 << 20;
+    /// CPU priority (nice, 0-19) of the compression threads, so receiving and acknowledging goes first.
+    worker_nice: i32 = 10;
+    /// Log format: text or json; filter with RUST_LOG (default info).
+    log_format: LogFormat = LogFormat::Text;
+    /// PEM certificate chain: serve gRPC over TLS (with tls_key).
+    tls_cert: Option<PathBuf> = None;
+    /// PEM private key of tls_cert.
+    tls_key: Option<PathBuf> = None;
+    /// PEM CA bundle: require client certificates signed by it.
+    tls_client_ca: Option<PathBuf> = None;
+    /// TOML file of bearer tokens (docs/OPERATIONS.md); unset means no authentication.
+    tokens_file: Option<PathBuf> = None;
+    /// Allow a non-loopback listen address without a tokens file.
+    allow_unauthenticated: bool = false, switch = "true";
+    /// Keep archives at least this many days; 0 turns the age rule off.
+    retain_days: u64 = 0;
+    /// Keep at least the newest this many archives per shard; 0 turns the count rule off.
+    retain_count: u64 = 0;
+    /// Seconds between retention passes.
+    retention_interval: u64 = 3600;
+    /// Prometheus metrics over HTTP on this address (/metrics); unset means off.
+    metrics_listen: Option<SocketAddr> = None;
+    /// Milliseconds a unary call may take before DEADLINE_EXCEEDED; streams are not cut.
+    unary_timeout_ms: u64 = 30_000;
+    /// Requests handled at once over all connections; more get RESOURCE_EXHAUSTED.
+    max_concurrent_requests: usize = 1024;
+    /// HTTP/2 streams one connection may have open at once.
+    max_streams_per_connection: u32 = 256;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -82,39 +119,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            data_dir: PathBuf::from("./data"),
-            archive_parallelism: 0,
-            archive_queue_size: 64,
-            compression_level: 3,
-            max_segment_size: 4 << 30,
-            max_chunk_size: 1 << 20,
-            min_free_bytes: 256 << 20,
-            max_concurrent_uploads: 256,
-            max_json_line_size: 16 << 20,
-            shutdown_grace: 30,
-            multithread_min_size: 32 << 20,
-            worker_nice: 10,
-            log_format: LogFormat::Text,
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
-            tokens_file: None,
-            allow_unauthenticated: false,
-            metrics_listen: None,
-            retain_days: 0,
-            retain_count: 0,
-            retention_interval: 3600,
-            unary_timeout_ms: 30_000,
-            max_concurrent_requests: 1024,
-            max_streams_per_connection: 256,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +133,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    /// A value that does not fit its key, with where it came from.
+    #[error("{source_name}: {message}")]
+    Value {
+        source_name: String,
+        message: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -138,7 +148,7 @@ impl Config {
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-        flags: toml::Table,
+        flags: &ConfigFlags,
     ) -> Result<Config, ConfigError> {
         let mut merged = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -153,12 +163,28 @@ impl Config {
                     source,
                 })?;
             merged.extend(table);
+            into_config(merged.clone()).map_err(|message| ConfigError::Value {
+                source_name: format!("config file {}", path.display()),
+                message,
+            })?;
         }
-        merged.extend(env_layer(env));
-        merged.extend(flags);
-        let config: Config = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            // The client's variables (WAL_ARCHIVER_SERVER, _TOKEN) are not server keys.
+            let Some(key) = KEYS.iter().find(|known| **known == key) else {
+                continue;
+            };
+            set(&mut merged, key, &value, || {
+                format!("environment variable {name}={value}")
+            })?;
+        }
+        for (key, value) in flags.given() {
+            let flag = format!("--{}", key.replace('_', "-"));
+            set(&mut merged, key, &value, || format!("flag {flag} {value}"))?;
+        }
+        let config = into_config(merged).map_err(ConfigError::Invalid)?;
         config.validate()?;
         Ok(config)
     }
@@ -213,39 +239,63 @@ impl Config {
     }
 }
 
-/// `WAL_ARCHIVER_ARCHIVE_QUEUE_SIZE=8` becomes `archive_queue_size = 8`. A value
-/// that parses as a TOML scalar (number, boolean) is taken as one, anything else
-/// as a string.
-fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> toml::Table {
-    let known = toml::Table::try_from(Config::default()).unwrap_or_default();
-    env.into_iter()
-        .filter_map(|(name, value)| {
-            let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
-            match known.get(&key) {
-                Some(default) => Some((key, scalar_like(default, &value))),
-                None if OPTIONAL_KEYS.contains(&key.as_str()) => {
-                    Some((key, toml::Value::String(value)))
-                }
-                // Not a server key (WAL_ARCHIVER_SERVER and WAL_ARCHIVER_TOKEN are the client's).
-                None => None,
-            }
-        })
-        .collect()
+fn into_config(table: toml::Table) -> Result<Config, String> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_owned())
 }
 
-fn scalar_like(default: &toml::Value, text: &str) -> toml::Value {
-    let parsed = match default {
-        toml::Value::Integer(_) => text.trim().parse::<i64>().ok().map(toml::Value::Integer),
-        toml::Value::Boolean(_) => text.trim().parse::<bool>().ok().map(toml::Value::Boolean),
-        toml::Value::Float(_) => text.trim().parse::<f64>().ok().map(toml::Value::Float),
-        _ => None,
-    };
-    parsed.unwrap_or_else(|| toml::Value::String(text.to_owned()))
+/// Sets `key` from text (an environment variable or a flag). The text is
+/// taken as whichever TOML type the key accepts — a string, else a number or
+/// a boolean — so `8`, `true` and `/data` all mean what they say.
+fn set(
+    merged: &mut toml::Table,
+    key: &str,
+    text: &str,
+    source_name: impl Fn() -> String,
+) -> Result<(), ConfigError> {
+    let trimmed = text.trim();
+    let candidates = [
+        Some(toml::Value::String(text.to_owned())),
+        trimmed.parse::<i64>().ok().map(toml::Value::Integer),
+        trimmed.parse::<bool>().ok().map(toml::Value::Boolean),
+        trimmed.parse::<f64>().ok().map(toml::Value::Float),
+    ];
+    let mut first_error = None;
+    for value in candidates.into_iter().flatten() {
+        let mut attempt = merged.clone();
+        attempt.insert(key.to_owned(), value.clone());
+        match into_config(attempt) {
+            Ok(_) => {
+                merged.insert(key.to_owned(), value);
+                return Ok(());
+            }
+            Err(message) => {
+                first_error.get_or_insert(message);
+            }
+        }
+    }
+    Err(ConfigError::Value {
+        source_name: source_name(),
+        message: first_error.unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flags(pairs: &[(&str, &str)]) -> ConfigFlags {
+        let mut flags = ConfigFlags::default();
+        for (key, value) in pairs {
+            match *key {
+                "listen" => flags.listen = Some(value.to_string()),
+                "archive_queue_size" => flags.archive_queue_size = Some(value.to_string()),
+                other => panic!("no test mapping for {other}"),
+            }
+        }
+        flags
+    }
 
     #[test]
     fn layers_override_in_order() {
@@ -259,27 +309,49 @@ mod tests {
         let env = vec![
             ("WAL_ARCHIVER_COMPRESSION_LEVEL".to_owned(), "9".to_owned()),
             ("WAL_ARCHIVER_DATA_DIR".to_owned(), "/x".to_owned()),
+            ("WAL_ARCHIVER_TLS_CERT".to_owned(), "/c.pem".to_owned()),
+            ("WAL_ARCHIVER_TLS_KEY".to_owned(), "/k.pem".to_owned()),
             ("UNRELATED".to_owned(), "1".to_owned()),
         ];
-        let mut flags = toml::Table::new();
-        flags.insert("listen".into(), toml::Value::String("127.0.0.1:9".into()));
-        let config = Config::load(Some(&file), env, flags).unwrap();
+        let config = Config::load(Some(&file), env, &flags(&[("listen", "127.0.0.1:9")])).unwrap();
         assert_eq!(config.archive_queue_size, 5);
         assert_eq!(config.compression_level, 9);
         assert_eq!(config.data_dir, PathBuf::from("/x"));
+        assert_eq!(config.tls_cert, Some(PathBuf::from("/c.pem")));
         assert_eq!(config.listen, "127.0.0.1:9".parse().unwrap());
     }
 
     #[test]
-    fn unknown_keys_and_bad_values_are_refused() {
+    fn unknown_keys_and_bad_values_are_refused_naming_their_source() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "archive_queue_sise = 5\n").unwrap();
-        assert!(Config::load(Some(&file), vec![], toml::Table::new()).is_err());
+        assert!(Config::load(Some(&file), vec![], &ConfigFlags::default()).is_err());
         let env = vec![(
             "WAL_ARCHIVER_ARCHIVE_QUEUE_SIZE".to_owned(),
             "lots".to_owned(),
         )];
-        assert!(Config::load(None, env, toml::Table::new()).is_err());
+        let err = Config::load(None, env, &ConfigFlags::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("environment variable WAL_ARCHIVER_ARCHIVE_QUEUE_SIZE=lots"),
+            "{err}"
+        );
+        let err = Config::load(None, vec![], &flags(&[("archive_queue_size", "x")])).unwrap_err();
+        assert!(
+            err.to_string().contains("flag --archive-queue-size x"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        for key in KEYS {
+            assert!(
+                readme.contains(&format!("`{key}`")),
+                "README.md's configuration table does not mention `{key}`"
+            );
+        }
     }
 }

@@ -6,9 +6,37 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ErrorKind;
+
 pub type ShardId = u32;
 pub type LogId = u64;
-pub type JobId = u64;
+
+/// A job's number. A type of its own because job ids and log_ids are both
+/// u64 and are easy to swap by mistake.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct JobId(pub u64);
+
+impl From<u64> for JobId {
+    fn from(id: u64) -> Self {
+        JobId(id)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(JobId)
+    }
+}
 
 /// SHA-256 of a whole segment. Serialized as lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,6 +237,19 @@ impl FailureKind {
     }
 }
 
+impl FailureKind {
+    /// What a caller that waited for ARCHIVED is told about a job that failed this way.
+    pub fn error_kind(self) -> ErrorKind {
+        match self {
+            FailureKind::InvalidData => ErrorKind::InvalidArgument,
+            FailureKind::Integrity => ErrorKind::DataLoss,
+            FailureKind::NoSpace => ErrorKind::ResourceExhausted,
+            FailureKind::Interrupted => ErrorKind::Aborted,
+            FailureKind::Internal => ErrorKind::Internal,
+        }
+    }
+}
+
 impl FromStr for FailureKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -223,6 +264,40 @@ impl FromStr for FailureKind {
         .find(|kind| kind.as_str() == s)
         .ok_or_else(|| format!("unknown failure kind {s:?}"))
     }
+}
+
+/// The header of a push, as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRequest {
+    pub shard_id: ShardId,
+    pub log_id: LogId,
+    /// Declared size, if the client knows it up front (else in the trailer).
+    pub size: Option<u64>,
+    /// Declared SHA-256, if the client knows it up front (else in the trailer).
+    pub sha256: Option<Digest>,
+    pub kind: ContentKind,
+    pub ack: AckLevel,
+    /// The server's `compression_level` when `None`.
+    pub zstd_level: Option<i32>,
+}
+
+/// Size and digest sent after the data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trailer {
+    pub size: Option<u64>,
+    pub sha256: Option<Digest>,
+}
+
+/// Which jobs to list: a page of at most `limit`, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub shard_id: Option<ShardId>,
+    pub state: Option<JobState>,
+    pub log_id_min: Option<LogId>,
+    pub log_id_max: Option<LogId>,
+    /// Only jobs with a larger id: the page token.
+    pub after: Option<JobId>,
+    pub limit: usize,
 }
 
 /// Statistics of a JSON-lines segment, gathered while it is compressed.

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use wal_archiver::client::{Client, PushOptions, RetryPolicy};
-use wal_archiver::proto;
-use wal_archiver::types::{AckLevel, ContentKind, Digest, JobState};
+use wal_archiver::types::{AckLevel, ContentKind, Digest, JobFilter, JobState};
 
 const SHARDS: u32 = 4;
 
@@ -84,7 +83,7 @@ async fn push(client: &Client, shard: u32, log_id: u64) -> Result<u64, String> {
             &options(shard, log_id),
         )
         .await
-        .map(|pushed| pushed.job.id)
+        .map(|pushed| pushed.job.id.0)
         .map_err(|e| e.to_string())
 }
 
@@ -224,20 +223,18 @@ async fn check(
     }
     // No segment archived twice, and exactly one archive file per archived segment.
     let mut per_segment: HashMap<(u32, u64), u32> = HashMap::new();
-    let mut token = String::new();
+    let mut filter = JobFilter {
+        state: Some(JobState::Archived),
+        limit: 1000,
+        ..Default::default()
+    };
     loop {
-        let request = proto::ListJobsRequest {
-            state: proto::JobState::Archived as i32,
-            page_size: 1000,
-            page_token: token.clone(),
-            ..Default::default()
-        };
-        let (jobs, next) = client.list(request).await.unwrap();
+        let (jobs, next) = client.list(&filter).await.unwrap();
         for job in jobs {
             *per_segment.entry((job.shard_id, job.log_id)).or_default() += 1;
         }
         match next {
-            Some(next) => token = next,
+            Some(next) => filter.after = Some(next),
             None => break,
         }
     }
@@ -264,8 +261,8 @@ async fn check(
     }
     // Drained: nothing RECEIVING, QUEUED or COMPRESSING, so no spool and no temporaries.
     let unfinished = client
-        .list(proto::ListJobsRequest {
-            state: proto::JobState::Queued as i32,
+        .list(&JobFilter {
+            state: Some(JobState::Queued),
             ..Default::default()
         })
         .await

@@ -326,7 +326,7 @@ async fn idempotent_and_conflicting_pushes() {
         .await
         .unwrap();
     assert!(via_trailer.deduplicated);
-    assert_eq!(via_trailer.job.id, id);
+    assert_eq!(via_trailer.job.id.0, id);
     assert_eq!(server.archives(1).len(), 1);
 
     let other = json_segment(40, 100_000);

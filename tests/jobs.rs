@@ -192,7 +192,7 @@ async fn restart_keeps_status() {
     lying.sha256 = bytes::Bytes::copy_from_slice(&[1u8; 32]);
     push(&mut rpc, lying, &data).await.unwrap_err();
     let before = client
-        .list(proto::ListJobsRequest::default())
+        .list(&wal_archiver::types::JobFilter::default())
         .await
         .unwrap()
         .0;
@@ -205,7 +205,7 @@ async fn restart_keeps_status() {
     server.restart();
     let client = server.client().await;
     let after = client
-        .list(proto::ListJobsRequest::default())
+        .list(&wal_archiver::types::JobFilter::default())
         .await
         .unwrap()
         .0;

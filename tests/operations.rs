@@ -333,11 +333,11 @@ async fn slow_unary_call_gets_deadline_exceeded() {
             .await
     });
     let receiving = eventually(Duration::from_secs(30), || async {
-        let request = wal_archiver::proto::ListJobsRequest {
+        let filter = wal_archiver::types::JobFilter {
             shard_id: Some(1),
             ..Default::default()
         };
-        client.list(request).await.ok()?.0.first().map(|job| job.id)
+        client.list(&filter).await.ok()?.0.first().map(|job| job.id)
     })
     .await;
 

@@ -121,14 +121,15 @@ proptest! {
             zstd_level: None,
         };
         let valid = (sha_len == 0 || sha_len == 32) && (0..=2).contains(&kind) && (0..=2).contains(&ack);
-        match wal_archiver::api::segment_request(header) {
+        match wal_archiver::types::SegmentRequest::try_from(header) {
             Ok(request) => {
                 prop_assert!(valid);
                 prop_assert_eq!(request.shard_id, shard_id);
                 prop_assert_eq!(request.sha256.is_some(), sha_len == 32);
             }
-            Err(status) => {
+            Err(invalid) => {
                 prop_assert!(!valid);
+                let status = wal_archiver::service::status(invalid);
                 prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
             }
         }

@@ -103,21 +103,18 @@ async fn tokens_roles_and_shards() {
         code(shard.cancel(archived.id).await),
         Code::PermissionDenied
     );
-    let all_shards = wal_archiver::proto::ListJobsRequest::default();
-    assert_eq!(
-        code(shard.list(all_shards.clone()).await),
-        Code::PermissionDenied
-    );
-    let own = wal_archiver::proto::ListJobsRequest {
+    let all_shards = wal_archiver::types::JobFilter::default();
+    assert_eq!(code(shard.list(&all_shards).await), Code::PermissionDenied);
+    let own = wal_archiver::types::JobFilter {
         shard_id: Some(1),
         ..Default::default()
     };
-    assert_eq!(shard.list(own).await.unwrap().0.len(), 1);
+    assert_eq!(shard.list(&own).await.unwrap().0.len(), 1);
 
     // An observer reads everything and changes nothing.
     let observer = client_with(&server, Some(OBSERVER_SECRET)).await;
     assert_eq!(observer.job(archived.id).await.unwrap().id, archived.id);
-    assert_eq!(observer.list(all_shards).await.unwrap().0.len(), 1);
+    assert_eq!(observer.list(&all_shards).await.unwrap().0.len(), 1);
     assert_eq!(observer.shard(1).await.unwrap().archived, 1);
     assert_eq!(
         code(observer.push_file(1, 2, &wal, &options).await),

@@ -1,5 +1,5 @@
 //! The archive file: format, streaming encoder and verifying decoder, and the
-//! JSON-lines check that runs while a segment is received.
+//! JSON-lines check that runs while a segment is compressed.
 //!
 //! An archive is a valid zstd stream: a skippable frame with the header, the
 //! segment as zstd frame(s), a skippable frame with the footer. Stock `zstd -d`
@@ -12,7 +12,9 @@ mod writer;
 
 pub use format::{ArchiveFooter, ArchiveHeader, ArchiveMetadata, FORMAT_VERSION};
 pub use jsonl::{JsonLinesChecker, JsonLinesError};
-pub use reader::{ArchiveReader, read_metadata};
+pub use reader::{ArchiveReader, Expected, read_metadata};
+
+use crate::error::{Classified, ErrorKind};
 pub use writer::{ArchiveWriter, WrittenArchive};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,4 +35,17 @@ pub enum ArchiveError {
     ContentMismatch { expected: String, actual: String },
     #[error("size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch { expected: u64, actual: u64 },
+    #[error("wrong archive: {0}")]
+    WrongSegment(String),
+}
+
+impl Classified for ArchiveError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ArchiveError::Io(e) if crate::error::is_out_of_space(e) => ErrorKind::ResourceExhausted,
+            ArchiveError::Io(_) => ErrorKind::Internal,
+            // Bytes that do not match what was stored or received: data loss.
+            _ => ErrorKind::DataLoss,
+        }
+    }
 }

@@ -221,11 +221,13 @@ mod tests {
     #[test]
     fn round_robin_across_shards_fifo_within() {
         let sched = Scheduler::new(10);
-        for (shard, job) in [(1, 10), (1, 11), (1, 12), (2, 20), (3, 30), (2, 21)] {
+        for (shard, job) in
+            [(1, 10), (1, 11), (1, 12), (2, 20), (3, 30), (2, 21)].map(|(s, j)| (s, JobId(j)))
+        {
             assert!(sched.reserve(shard));
             sched.enqueue(shard, job);
         }
-        let order: Vec<JobId> = (0..6).map(|_| sched.next().unwrap().job_id).collect();
+        let order: Vec<u64> = (0..6).map(|_| sched.next().unwrap().job_id.0).collect();
         assert_eq!(order, vec![10, 20, 30, 11, 21, 12]);
     }
 
@@ -236,9 +238,9 @@ mod tests {
         assert!(sched.reserve(1));
         assert!(!sched.reserve(1));
         assert!(sched.reserve(2));
-        sched.enqueue(1, 5);
-        assert!(sched.remove_queued(1, 5));
-        assert!(!sched.remove_queued(1, 5));
+        sched.enqueue(1, JobId(5));
+        assert!(sched.remove_queued(1, JobId(5)));
+        assert!(!sched.remove_queued(1, JobId(5)));
         assert!(sched.reserve(1));
     }
 }

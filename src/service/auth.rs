@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use tonic::{Request, Status};
 
+use super::status::status;
+use crate::error::{Classified, ErrorKind};
 use crate::types::{Digest, ShardId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -59,6 +61,35 @@ impl Caller {
             }
             (Role::Observer, Access::Read(_) | Access::ReadAll) => true,
             _ => false,
+        }
+    }
+}
+
+/// Why a call was refused before it reached the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token: send `authorization: Bearer <token>`")]
+    NoToken,
+    #[error("the authorization header must be `Bearer <token>`")]
+    MalformedHeader,
+    #[error("unknown token")]
+    UnknownToken,
+    #[error("no authenticated caller")]
+    NoCaller,
+    #[error("token {name:?} ({role:?} role, shards {shards:?}) may not {action}")]
+    Denied {
+        name: String,
+        role: Role,
+        shards: Vec<ShardId>,
+        action: String,
+    },
+}
+
+impl Classified for AuthError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AuthError::Denied { .. } => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Unauthenticated,
         }
     }
 }
@@ -171,47 +202,51 @@ impl Tokens {
         let Some(set) = &self.set else {
             return Ok(request);
         };
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("no bearer token: send `authorization: Bearer <token>`")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer <token>`")
-            })?;
-        let caller = set
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&Digest::of(token.trim().as_bytes()))
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+        let caller = {
+            let tokens = set.read().unwrap_or_else(|p| p.into_inner());
+            identify(&request, &tokens).map_err(status)?
+        };
         request.extensions_mut().insert(caller);
         Ok(request)
     }
 
     /// PERMISSION_DENIED unless the request's caller may do `access`.
-    #[allow(clippy::result_large_err)]
-    pub fn authorize(&self, extensions: &tonic::Extensions, access: Access) -> Result<(), Status> {
+    pub fn authorize(
+        &self,
+        extensions: &tonic::Extensions,
+        access: Access,
+    ) -> Result<(), AuthError> {
         if !self.enabled() {
             return Ok(());
         }
-        let caller = extensions
-            .get::<Caller>()
-            .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
+        let caller = extensions.get::<Caller>().ok_or(AuthError::NoCaller)?;
         if caller.may(access) {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
-                "token {:?} ({:?} role, shards {:?}) may not {}",
-                caller.name,
-                caller.role,
-                caller.shards,
-                describe(access)
-            )))
+            Err(AuthError::Denied {
+                name: caller.name.clone(),
+                role: caller.role,
+                shards: caller.shards.clone(),
+                action: describe(access),
+            })
         }
     }
+}
+
+fn identify(request: &Request<()>, tokens: &TokenSet) -> Result<Caller, AuthError> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .ok_or(AuthError::NoToken)?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or(AuthError::MalformedHeader)?;
+    tokens
+        .get(&Digest::of(token.trim().as_bytes()))
+        .cloned()
+        .ok_or(AuthError::UnknownToken)
 }
 
 fn describe(access: Access) -> String {

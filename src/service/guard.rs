@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::status::{code_name, refusal as status_of};
+use crate::error::ErrorKind;
 use crate::telemetry;
 
 /// Calls that stream, or may legitimately run long, get no deadline.
@@ -87,18 +89,24 @@ where
         let (max, timeout) = (self.layer.max_in_flight, self.layer.unary_timeout);
         Box::pin(async move {
             let Ok(_permit) = permit else {
-                return Ok(refusal(Status::resource_exhausted(format!(
-                    "{max} requests are in flight already (max_concurrent_requests); retry later"
-                ))));
+                return Ok(refusal(status_of(
+                    ErrorKind::ResourceExhausted,
+                    format!(
+                        "{max} requests are in flight already (max_concurrent_requests); retry later"
+                    ),
+                )));
             };
             let response = if timed {
                 match tokio::time::timeout(timeout, inner.call(request)).await {
                     Ok(response) => response?,
                     Err(_) => {
-                        return Ok(refusal(Status::deadline_exceeded(format!(
-                            "no answer within unary_timeout_ms ({} ms)",
-                            timeout.as_millis()
-                        ))));
+                        return Ok(refusal(status_of(
+                            ErrorKind::DeadlineExceeded,
+                            format!(
+                                "no answer within unary_timeout_ms ({} ms)",
+                                timeout.as_millis()
+                            ),
+                        )));
                     }
                 }
             } else {
@@ -130,18 +138,6 @@ fn count_refusal<T>(response: &http::Response<T>) {
     if code != tonic::Code::Ok {
         metrics::counter!(telemetry::REFUSALS, "code" => code_name(code)).increment(1);
     }
-}
-
-/// `NotFound` → `NOT_FOUND`, as gRPC documents its codes.
-pub fn code_name(code: tonic::Code) -> String {
-    let mut name = String::new();
-    for (i, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
-//! gRPC handlers: read the wire, call the engine, map errors once (`status`).
+//! gRPC handlers: read the wire, call the engine, turn errors into statuses
+//! (`status`, the one place that does). `server` assembles and runs the
+//! server; `auth` and `guard` stand in front of every call.
 
 pub mod auth;
+mod background;
 mod guard;
+mod receive;
 mod server;
 mod status;
 
@@ -13,19 +17,15 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use guard::code_name;
 pub use server::{ServeError, serve};
-pub use status::{code, status};
+pub use status::{code, code_name, status};
 
 use crate::api;
-use crate::proto::{self, archive_request::Msg, wal_archiver_server::WalArchiver};
-use crate::queue::{Accepted, Archiver, Begin, QueueError, Trailer, Upload};
-use crate::store::JobFilter;
-use crate::types::{AckLevel, JobState};
+use crate::engine::{Archiver, Begin, EngineError};
+use crate::error::ErrorKind;
+use crate::proto::{self, wal_archiver_server::WalArchiver};
+use crate::types::{AckLevel, Job, JobFilter, JobId, JobState, SegmentRequest};
 use auth::{Access, Tokens};
-
-const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_PAGE_SIZE: usize = 1000;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -52,20 +52,23 @@ impl WalArchiverService {
 
     #[allow(clippy::result_large_err)]
     fn archiver(&self) -> Result<&Archiver, Status> {
-        self.archiver
-            .get()
-            .ok_or_else(|| Status::unavailable("recovering from the previous run; retry shortly"))
+        self.archiver.get().ok_or_else(|| {
+            status::refusal(
+                ErrorKind::Unavailable,
+                "recovering from the previous run; retry shortly",
+            )
+        })
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn authorize(&self, extensions: &tonic::Extensions, access: Access) -> Result<(), Status> {
+        self.tokens.authorize(extensions, access).map_err(status)
     }
 
     /// The job, if the caller may read its shard.
-    async fn readable_job<T>(
-        &self,
-        request: &Request<T>,
-        id: u64,
-    ) -> Result<crate::types::Job, Status> {
+    async fn readable_job<T>(&self, request: &Request<T>, id: JobId) -> Result<Job, Status> {
         let job = self.archiver()?.job(id).await.map_err(status)?;
-        self.tokens
-            .authorize(request.extensions(), Access::Read(job.shard_id))?;
+        self.authorize(request.extensions(), Access::Read(job.shard_id))?;
         Ok(job)
     }
 }
@@ -78,41 +81,31 @@ impl WalArchiver for WalArchiverService {
     ) -> Result<Response<proto::ArchiveReply>, Status> {
         let started = Instant::now();
         let (_, extensions, mut stream) = request.into_parts();
-        let header = match stream.message().await.map_err(stream_error)? {
-            Some(proto::ArchiveRequest {
-                msg: Some(Msg::Header(header)),
-            }) => header,
-            Some(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message must be the segment header",
-                ));
-            }
-            None => return Err(Status::invalid_argument("empty stream: no segment header")),
-        };
-        let segment = api::segment_request(header)?;
-        self.tokens
-            .authorize(&extensions, Access::Push(segment.shard_id))?;
+        let header = receive::header(&mut stream).await.map_err(status)?;
+        let segment = SegmentRequest::try_from(header).map_err(status)?;
+        self.authorize(&extensions, Access::Push(segment.shard_id))?;
         let ack = segment.ack;
         let accepted = match self.archiver()?.begin(segment).await.map_err(status)? {
             Begin::Known(accepted) => *accepted,
-            Begin::Stream(upload) => receive(*upload, stream).await?,
+            Begin::Stream(upload) => receive::segment(*upload, stream).await.map_err(status)?,
         };
         let mut job = accepted.job;
         if ack == AckLevel::Archived && !job.state.is_terminal() {
             job = tokio::select! {
                 waited = self.archiver()?.wait_terminal(job.id) => waited.map_err(status)?,
-                () = self.stopping.cancelled() => return Err(Status::unavailable(format!(
-                    "the service is shutting down before job {} was archived; it stays queued for the next start", job.id
-                ))),
+                () = self.stopping.cancelled() => return Err(status::refusal(
+                    ErrorKind::Unavailable,
+                    format!("the service is shutting down before job {} was archived; it stays queued for the next start", job.id),
+                )),
             };
         }
         if ack == AckLevel::Archived && job.state != JobState::Archived {
-            return Err(status(QueueError::JobFailed(Box::new(job))));
+            return Err(status(EngineError::JobFailed(Box::new(job))));
         }
         metrics::histogram!(crate::telemetry::ACK_LATENCY, "ack" => ack.as_str())
             .record(started.elapsed().as_secs_f64());
         Ok(Response::new(proto::ArchiveReply {
-            job: Some(api::job(job)),
+            job: Some(job.into()),
             deduplicated: accepted.deduplicated,
         }))
     }
@@ -121,10 +114,9 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        let job = self
-            .readable_job(&request, request.get_ref().job_id)
-            .await?;
-        Ok(Response::new(api::job(job)))
+        let id = JobId(request.get_ref().job_id);
+        let job = self.readable_job(&request, id).await?;
+        Ok(Response::new(job.into()))
     }
 
     async fn list_jobs(
@@ -135,35 +127,13 @@ impl WalArchiver for WalArchiverService {
             Some(shard) => Access::Read(shard),
             None => Access::ReadAll,
         };
-        self.tokens.authorize(request.extensions(), access)?;
-        let request = request.into_inner();
-        let limit = match request.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
-        let after = match request.page_token.as_str() {
-            "" => None,
-            token => Some(
-                token
-                    .parse()
-                    .map_err(|_| Status::invalid_argument(format!("bad page_token {token:?}")))?,
-            ),
-        };
-        let filter = JobFilter {
-            shard_id: request.shard_id,
-            state: api::state_filter(request.state)?,
-            log_id_min: request.log_id_min,
-            log_id_max: request.log_id_max,
-            after,
-            limit,
-        };
+        self.authorize(request.extensions(), access)?;
+        let filter = JobFilter::try_from(request.into_inner()).map_err(status)?;
+        let limit = filter.limit;
         let jobs = self.archiver()?.list_jobs(filter).await.map_err(status)?;
-        let next_page_token = match jobs.last() {
-            Some(last) if jobs.len() == limit => last.id.to_string(),
-            _ => String::new(),
-        };
+        let next_page_token = api::next_page_token(&jobs, limit);
         Ok(Response::new(proto::ListJobsReply {
-            jobs: jobs.into_iter().map(api::job).collect(),
+            jobs: jobs.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
     }
@@ -174,13 +144,13 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let id = request.get_ref().job_id;
+        let id = JobId(request.get_ref().job_id);
         // Refuse an unknown job with a status rather than a stream that errors.
         self.readable_job(&request, id).await?;
         let states = self
             .archiver()?
             .watch(id)
-            .map(|item| item.map(api::job).map_err(status))
+            .map(|item| item.map(Into::into).map_err(status))
             .take_until(self.stopping.clone().cancelled_owned());
         Ok(Response::new(Box::pin(states)))
     }
@@ -189,18 +159,17 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::Job>, Status> {
-        self.tokens
-            .authorize(request.extensions(), Access::Cancel)?;
-        let id = request.into_inner().job_id;
+        self.authorize(request.extensions(), Access::Cancel)?;
+        let id = JobId(request.into_inner().job_id);
         let job = self.archiver()?.cancel(id).await.map_err(status)?;
         if job.state != JobState::Cancelled {
             // It finished before the cancel took hold.
-            return Err(status(QueueError::NotCancellable {
+            return Err(status(EngineError::NotCancellable {
                 id,
                 state: job.state,
             }));
         }
-        Ok(Response::new(api::job(job)))
+        Ok(Response::new(job.into()))
     }
 
     async fn get_shard(
@@ -208,10 +177,9 @@ impl WalArchiver for WalArchiverService {
         request: Request<proto::GetShardRequest>,
     ) -> Result<Response<proto::Shard>, Status> {
         let shard_id = request.get_ref().shard_id;
-        self.tokens
-            .authorize(request.extensions(), Access::Read(shard_id))?;
+        self.authorize(request.extensions(), Access::Read(shard_id))?;
         let shard = self.archiver()?.shard(shard_id).await.map_err(status)?;
-        Ok(Response::new(api::shard(shard)))
+        Ok(Response::new(shard.into()))
     }
 
     type RestoreStream = BoxStream<proto::RestoreChunk>;
@@ -220,7 +188,7 @@ impl WalArchiver for WalArchiverService {
         &self,
         request: Request<proto::RestoreRequest>,
     ) -> Result<Response<Self::RestoreStream>, Status> {
-        self.tokens.authorize(
+        self.authorize(
             request.extensions(),
             Access::Restore(request.get_ref().shard_id),
         )?;
@@ -243,78 +211,8 @@ impl WalArchiver for WalArchiverService {
     ) -> Result<Response<proto::VerifyReply>, Status> {
         let shard = request.get_ref().shard_id;
         let access = shard.map_or(Access::ReadAll, Access::Read);
-        self.tokens.authorize(request.extensions(), access)?;
+        self.authorize(request.extensions(), access)?;
         let report = self.archiver()?.verify(shard).await.map_err(status)?;
-        Ok(Response::new(api::verify_reply(report)))
-    }
-}
-
-/// Reads data chunks and the optional trailer into the upload. Any way the
-/// stream can end other than a complete, verified segment fails the job.
-async fn receive(
-    mut upload: Upload,
-    mut stream: Streaming<proto::ArchiveRequest>,
-) -> Result<Accepted, Status> {
-    let mut trailer: Option<Trailer> = None;
-    loop {
-        let message = tokio::select! {
-            message = stream.message() => message,
-            () = upload.cancelled() => {
-                let id = upload.job().map(|job| job.id).unwrap_or_default();
-                return Err(status(upload.abort(QueueError::Cancelled(id)).await));
-            }
-        };
-        let protocol_error = match message {
-            Ok(None) => break,
-            Err(err) => {
-                let broken = stream_error(err);
-                let reason = QueueError::Interrupted(broken.message().to_owned());
-                upload.abort(reason).await;
-                return Err(broken);
-            }
-            Ok(Some(proto::ArchiveRequest {
-                msg: Some(Msg::Data(data)),
-            })) if trailer.is_none() => {
-                upload.write(data).await.map_err(status)?;
-                continue;
-            }
-            Ok(Some(proto::ArchiveRequest {
-                msg: Some(Msg::Trailer(sent)),
-            })) if trailer.is_none() => match api::trailer(sent) {
-                Ok(sent) => {
-                    trailer = Some(sent);
-                    continue;
-                }
-                Err(bad) => bad.message().to_owned(),
-            },
-            Ok(Some(proto::ArchiveRequest {
-                msg: Some(Msg::Data(_)),
-            })) => "data after the trailer".to_owned(),
-            Ok(Some(proto::ArchiveRequest {
-                msg: Some(Msg::Trailer(_)),
-            })) => "trailer sent twice".to_owned(),
-            Ok(Some(proto::ArchiveRequest {
-                msg: Some(Msg::Header(_)),
-            })) => "segment header sent twice".to_owned(),
-            Ok(Some(proto::ArchiveRequest { msg: None })) => {
-                "empty message: set header, data or trailer".to_owned()
-            }
-        };
-        return Err(status(
-            upload.abort(QueueError::Invalid(protocol_error)).await,
-        ));
-    }
-    upload
-        .finish(trailer.unwrap_or_default())
-        .await
-        .map_err(status)
-}
-
-/// A broken request stream: undecodable bytes are the client's fault.
-fn stream_error(err: Status) -> Status {
-    if err.code() == tonic::Code::Internal && err.message().contains("decode") {
-        Status::invalid_argument(format!("malformed request message: {}", err.message()))
-    } else {
-        err
+        Ok(Response::new(report.into()))
     }
 }

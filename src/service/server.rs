@@ -5,25 +5,26 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
-use super::WalArchiverService;
 use super::auth::{Tokens, TokensError};
 use super::guard::GuardLayer;
+use super::{WalArchiverService, background};
 use crate::config::Config;
+use crate::engine::{Archiver, EngineError};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wal_archiver_server::WalArchiverServer;
-use crate::queue::{Archiver, QueueError};
-use crate::telemetry;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use std::sync::{Arc, OnceLock};
+use crate::store::{ArchiveStore, LocalStore, StoreError};
 
 /// Room for the non-data fields of a request next to a `max_chunk_size` chunk.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
@@ -34,11 +35,6 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Largest HTTP/2 frame a client may send: with the 16 KiB default a 1 MiB
 /// chunk costs 64 frames, each a wakeup of the connection and stream tasks.
 const MAX_FRAME_SIZE: u32 = 1 << 20;
-/// How often state gauges are read from the jobs database.
-const GAUGE_REFRESH: Duration = Duration::from_secs(2);
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
-];
 /// How often the tokens file is checked for changes (SIGHUP reloads at once).
 const TOKENS_POLL: Duration = Duration::from_secs(2);
 
@@ -50,7 +46,9 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Queue(#[from] QueueError),
+    Engine(#[from] EngineError),
+    #[error("archive store: {0}")]
+    Store(#[from] StoreError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -63,6 +61,14 @@ pub enum ServeError {
     Tls(String),
     #[error("metrics listener {0}")]
     Metrics(String),
+}
+
+/// The gRPC server running in its task, and what controls it.
+struct Running {
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    health: HealthReporter,
+    ready: Arc<OnceLock<Archiver>>,
+    stopping: CancellationToken,
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves. `on_listening`
@@ -82,15 +88,36 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
+    warn_if_exposed(&config);
+    background::install_metrics(&config).map_err(ServeError::Metrics)?;
+    let mut running = start_server(&config, listener).await?;
 
-    let tokens = match &config.tokens_file {
-        Some(path) => {
-            let tokens = Tokens::load(path)?;
-            tokens.watch(path.clone(), TOKENS_POLL);
-            tokens
+    // Health says NOT_SERVING and calls get UNAVAILABLE until recovery is done.
+    tracing::info!(%local, data_dir = %config.data_dir.display(), "recovering");
+    let archiver = match open_engine(&config).await {
+        Ok(archiver) => archiver,
+        Err(e) => {
+            running.stopping.cancel();
+            return Err(e);
         }
-        None => Tokens::disabled(),
     };
+    let _ = running.ready.set(archiver.clone());
+    background::spawn(&config, &archiver, &running.stopping);
+    set_health(&running.health, ServingStatus::Serving).await;
+    tracing::info!(%local, workers = config.workers(), "serving");
+    on_listening(local);
+
+    tokio::select! {
+        () = shutdown => {}
+        finished = &mut running.task => {
+            archiver.shutdown(Duration::ZERO).await;
+            return Ok(finished??);
+        }
+    }
+    drain(&config, &archiver, running).await
+}
+
+fn warn_if_exposed(config: &Config) {
     if !config.listen.ip().is_loopback()
         && (config.tls_cert.is_none() || config.tokens_file.is_none())
     {
@@ -102,9 +129,21 @@ pub async fn serve(
              read or push WAL in the clear !!!"
         );
     }
+}
+
+/// Builds the server (health, reflection, our service behind auth and the
+/// guard layer) and starts it on `listener`, NOT_SERVING until the engine is open.
+async fn start_server(config: &Config, listener: TcpListener) -> Result<Running, ServeError> {
+    let tokens = match &config.tokens_file {
+        Some(path) => {
+            let tokens = Tokens::load(path)?;
+            tokens.watch(path.clone(), TOKENS_POLL);
+            tokens
+        }
+        None => Tokens::disabled(),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    install_metrics(&config)?;
     let ready: Arc<OnceLock<Archiver>> = Arc::default();
     let stopping = CancellationToken::new();
     let handlers = WalArchiverService::new(ready.clone(), stopping.clone(), tokens.clone());
@@ -122,7 +161,7 @@ pub async fn serve(
         config.max_concurrent_requests,
         Duration::from_millis(config.unary_timeout_ms),
     );
-    let server = tls(Server::builder(), &config)?
+    let server = tls(Server::builder(), config)?
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_frame_size(Some(MAX_FRAME_SIZE))
@@ -135,131 +174,53 @@ pub async fn serve(
             TcpListenerStream::new(listener),
             stopping.clone().cancelled_owned(),
         );
-    let mut server = tokio::spawn(server);
+    Ok(Running {
+        task: tokio::spawn(server),
+        health,
+        ready,
+        stopping,
+    })
+}
 
-    // Health says NOT_SERVING and calls get UNAVAILABLE until recovery is done.
-    tracing::info!(%local, data_dir = %config.data_dir.display(), "recovering");
-    let archiver_config = config.clone();
-    let opened = tokio::task::spawn_blocking(move || Archiver::open(archiver_config)).await;
-    let archiver = match opened {
-        Ok(Ok((archiver, _report))) => archiver,
-        Ok(Err(e)) => {
-            stopping.cancel();
-            return Err(e.into());
-        }
-        Err(e) => {
-            stopping.cancel();
-            return Err(e.into());
-        }
-    };
-    let _ = ready.set(archiver.clone());
-    if config.metrics_listen.is_some() {
-        spawn_gauges(archiver.clone(), stopping.clone());
-    }
-    if config.retain_days > 0 || config.retain_count > 0 {
-        spawn_retention(
-            archiver.clone(),
-            Duration::from_secs(config.retention_interval.max(1)),
-            stopping.clone(),
-        );
-    }
-    set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(%local, workers = config.workers(), "serving");
-    on_listening(local);
+/// The archive store `config` names, and the engine over it (recovery included).
+async fn open_engine(config: &Config) -> Result<Archiver, ServeError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let store: Arc<dyn ArchiveStore> =
+            Arc::new(LocalStore::open(config.data_dir.join("archives"))?);
+        let (archiver, _report) = Archiver::open(config, store)?;
+        Ok::<_, ServeError>(archiver)
+    })
+    .await?
+}
 
-    tokio::select! {
-        () = shutdown => {}
-        finished = &mut server => {
-            archiver.shutdown(Duration::ZERO).await;
-            return Ok(finished??);
-        }
-    }
+/// Health NOT_SERVING, pushes refused, compressions given `shutdown_grace`,
+/// then the listener closed; uploads still open after the grace are cut.
+async fn drain(
+    config: &Config,
+    archiver: &Archiver,
+    mut running: Running,
+) -> Result<(), ServeError> {
     let grace = Duration::from_secs(config.shutdown_grace);
     tracing::info!(
         grace_secs = config.shutdown_grace,
         "draining: new pushes are refused"
     );
-    set_health(&health, ServingStatus::NotServing).await;
+    set_health(&running.health, ServingStatus::NotServing).await;
     archiver.start_draining();
     archiver.shutdown(grace).await;
-    stopping.cancel();
-    match tokio::time::timeout(grace.max(Duration::from_secs(1)), &mut server).await {
+    running.stopping.cancel();
+    match tokio::time::timeout(grace.max(Duration::from_secs(1)), &mut running.task).await {
         Ok(finished) => finished??,
         Err(_) => {
             tracing::warn!(
                 "uploads still open after the grace period: closing them; their jobs fail as interrupted"
             );
-            server.abort();
+            running.task.abort();
         }
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-fn install_metrics(config: &Config) -> Result<(), ServeError> {
-    let Some(addr) = config.metrics_listen else {
-        return Ok(());
-    };
-    let failed = |e: &dyn std::fmt::Display| ServeError::Metrics(format!("{addr}: {e}"));
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .map_err(|e| failed(&e))?
-        .install()
-        .map_err(|e| failed(&e))?;
-    tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    Ok(())
-}
-
-/// Refreshes the gauges that describe state (jobs by state, queue depths,
-/// watermarks, spool size) from the jobs database.
-fn spawn_gauges(archiver: Archiver, stopping: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            match archiver.gauges().await {
-                Ok(gauges) => {
-                    for (state, count) in gauges.jobs {
-                        metrics::gauge!(telemetry::JOBS, "state" => state.as_str())
-                            .set(count as f64);
-                    }
-                    for shard in gauges.shards {
-                        let id = shard.shard_id.to_string();
-                        metrics::gauge!(telemetry::QUEUE_DEPTH, "shard" => id.clone())
-                            .set(shard.queued as f64);
-                        if let Some(mark) = shard.archived_watermark {
-                            metrics::gauge!(telemetry::WATERMARK, "shard" => id).set(mark as f64);
-                        }
-                    }
-                    metrics::gauge!(telemetry::SPOOL_BYTES).set(gauges.spool_bytes as f64);
-                    if gauges.archive_bytes > 0 {
-                        let ratio = gauges.archived_bytes as f64 / gauges.archive_bytes as f64;
-                        metrics::gauge!(telemetry::COMPRESSION_RATIO).set(ratio);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot refresh metrics"),
-            }
-            tokio::select! {
-                () = stopping.cancelled() => return,
-                () = tokio::time::sleep(GAUGE_REFRESH) => {}
-            }
-        }
-    });
-}
-
-fn spawn_retention(archiver: Archiver, every: Duration, stopping: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            match archiver.apply_retention().await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "retention pass done"),
-                Err(e) => tracing::error!(error = %e, "retention pass failed"),
-            }
-            tokio::select! {
-                () = stopping.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-        }
-    });
 }
 
 fn tls(builder: Server, config: &Config) -> Result<Server, ServeError> {
@@ -279,7 +240,7 @@ fn tls(builder: Server, config: &Config) -> Result<Server, ServeError> {
         .map_err(|e| ServeError::Tls(e.to_string()))
 }
 
-async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health
         .set_service_status(

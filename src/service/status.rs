@@ -1,48 +1,46 @@
-//! Engine errors to gRPC statuses: the one place a code is chosen.
+//! Errors to gRPC statuses: the one table from a kind of failure to a code,
+//! and the one place a `Status` is made.
 
 use tonic::{Code, Status};
 
-use crate::archive::ArchiveError;
-use crate::queue::QueueError;
-use crate::store::StoreError;
-use crate::types::FailureKind;
+use crate::error::{Classified, ErrorKind};
 
-pub fn status(err: QueueError) -> Status {
-    Status::new(code(&err), err.to_string())
+pub fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Aborted => Code::Aborted,
+        ErrorKind::Cancelled => Code::Cancelled,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::Internal => Code::Internal,
+    }
 }
 
-pub fn code(err: &QueueError) -> Code {
-    use QueueError as E;
-    if err.is_out_of_space() {
-        return Code::ResourceExhausted;
+/// The status a caller sees for `err`.
+pub fn status(err: impl Classified) -> Status {
+    refusal(err.kind(), err.to_string())
+}
+
+/// A status for a refusal that is not an error value (a limit, a deadline).
+pub fn refusal(kind: ErrorKind, message: impl Into<String>) -> Status {
+    Status::new(code(kind), message)
+}
+
+/// `NotFound` → `NOT_FOUND`, as gRPC documents its codes.
+pub fn code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
     }
-    match err {
-        E::QueueFull { .. } | E::TooManyUploads { .. } | E::DiskFull { .. } => {
-            Code::ResourceExhausted
-        }
-        E::JobNotFound(_) | E::SegmentNotFound { .. } | E::ShardNotFound(_) | E::Expired { .. } => {
-            Code::NotFound
-        }
-        E::Conflict { .. } => Code::AlreadyExists,
-        E::Busy { .. } => Code::Aborted,
-        E::JobFailed(job) => match job.failure {
-            Some(FailureKind::InvalidData) => Code::InvalidArgument,
-            Some(FailureKind::Integrity) => Code::DataLoss,
-            Some(FailureKind::NoSpace) => Code::ResourceExhausted,
-            Some(FailureKind::Interrupted) | None => Code::Aborted,
-            Some(FailureKind::Internal) => Code::Internal,
-        },
-        E::NotCancellable { .. } => Code::FailedPrecondition,
-        E::Invalid(_) | E::BadJsonLine(_) | E::SizeMismatch { .. } | E::MissingDigest => {
-            Code::InvalidArgument
-        }
-        E::DigestMismatch { .. } | E::ArchiveMissing { .. } => Code::DataLoss,
-        E::Archive(ArchiveError::Io(_)) => Code::Internal,
-        E::Archive(_) => Code::DataLoss,
-        E::Cancelled(_) | E::Interrupted(_) => Code::Cancelled,
-        E::ShuttingDown => Code::Unavailable,
-        E::Store(StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Io { .. })
-        | E::Io { .. }
-        | E::Internal(_) => Code::Internal,
-    }
+    name
 }

@@ -3,10 +3,11 @@
 //! are fsynced, renamed into place, and the directory is fsynced.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ArchiveKey, ArchiveStore, PendingArchive, ReadSeek, StoreError, sync_dir};
+use super::{ArchiveKey, ArchiveMeta, ArchiveStore, PendingArchive, StoreError, sync_dir};
+use crate::error::IoError;
 
 const TEMP_PREFIX: &str = ".tmp-";
 pub const ARCHIVE_SUFFIX: &str = ".wal.zst";
@@ -18,8 +19,7 @@ pub struct LocalStore {
 impl LocalStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        fs::create_dir_all(&root)
-            .map_err(StoreError::io(format!("creating {}", root.display())))?;
+        fs::create_dir_all(&root).map_err(IoError::with(format!("creating {}", root.display())))?;
         Ok(LocalStore { root })
     }
 
@@ -38,9 +38,9 @@ impl ArchiveStore for LocalStore {
         let dir = self.shard_dir(key);
         if !dir.exists() {
             fs::create_dir_all(&dir)
-                .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+                .map_err(IoError::with(format!("creating {}", dir.display())))?;
             sync_dir(&self.root)
-                .map_err(StoreError::io(format!("syncing {}", self.root.display())))?;
+                .map_err(IoError::with(format!("syncing {}", self.root.display())))?;
         }
         let final_path = self.path(key);
         let temp_path = dir.join(format!(
@@ -49,7 +49,7 @@ impl ArchiveStore for LocalStore {
             std::process::id()
         ));
         let file = File::create(&temp_path)
-            .map_err(StoreError::io(format!("creating {}", temp_path.display())))?;
+            .map_err(IoError::with(format!("creating {}", temp_path.display())))?;
         Ok(Box::new(LocalPending {
             file: Some(BufWriter::with_capacity(256 << 10, file)),
             temp_path,
@@ -58,15 +58,12 @@ impl ArchiveStore for LocalStore {
         }))
     }
 
-    fn open(&self, key: ArchiveKey) -> Result<Option<Box<dyn ReadSeek>>, StoreError> {
+    fn open(&self, key: ArchiveKey) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
         let path = self.path(key);
         match File::open(&path) {
             Ok(file) => Ok(Some(Box::new(file))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io {
-                context: format!("opening {}", path.display()),
-                source: e,
-            }),
+            Err(e) => Err(IoError::new(format!("opening {}", path.display()), e).into()),
         }
     }
 
@@ -74,22 +71,18 @@ impl ArchiveStore for LocalStore {
         let path = self.path(key);
         match fs::remove_file(&path) {
             Ok(()) => {
-                sync_dir(&self.shard_dir(key))
-                    .map_err(StoreError::io("syncing shard directory"))?;
+                sync_dir(&self.shard_dir(key)).map_err(IoError::with("syncing shard directory"))?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::Io {
-                context: format!("removing {}", path.display()),
-                source: e,
-            }),
+            Err(e) => Err(IoError::new(format!("removing {}", path.display()), e).into()),
         }
     }
 
-    fn remove_temporaries(&self) -> Result<usize, StoreError> {
+    fn clean_up(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
         let shards = fs::read_dir(&self.root)
-            .map_err(StoreError::io(format!("listing {}", self.root.display())))?;
+            .map_err(IoError::with(format!("listing {}", self.root.display())))?;
         for shard in shards.flatten() {
             if !shard.path().is_dir() {
                 continue;
@@ -106,11 +99,10 @@ impl ArchiveStore for LocalStore {
 
 fn remove_prefixed(dir: &Path, prefix: &str) -> Result<usize, StoreError> {
     let mut removed = 0;
-    let entries =
-        fs::read_dir(dir).map_err(StoreError::io(format!("listing {}", dir.display())))?;
+    let entries = fs::read_dir(dir).map_err(IoError::with(format!("listing {}", dir.display())))?;
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(prefix) {
-            fs::remove_file(entry.path()).map_err(StoreError::io(format!(
+            fs::remove_file(entry.path()).map_err(IoError::with(format!(
                 "removing {}",
                 entry.path().display()
             )))?;
@@ -146,25 +138,27 @@ fn closed() -> io::Error {
 }
 
 impl PendingArchive for LocalPending {
-    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        let writer = self.file.take().ok_or_else(|| StoreError::Io {
-            context: "committing archive".into(),
-            source: closed(),
+    fn commit(mut self: Box<Self>, _meta: &ArchiveMeta) -> Result<(), StoreError> {
+        let writer = self
+            .file
+            .take()
+            .ok_or_else(|| IoError::new("committing archive", closed()))?;
+        let file = writer.into_inner().map_err(|e| {
+            IoError::new(
+                format!("writing {}", self.temp_path.display()),
+                e.into_error(),
+            )
         })?;
-        let file = writer.into_inner().map_err(|e| StoreError::Io {
-            context: format!("writing {}", self.temp_path.display()),
-            source: e.into_error(),
-        })?;
-        file.sync_all().map_err(StoreError::io(format!(
+        file.sync_all().map_err(IoError::with(format!(
             "syncing {}",
             self.temp_path.display()
         )))?;
         drop(file);
-        fs::rename(&self.temp_path, &self.final_path).map_err(StoreError::io(format!(
+        fs::rename(&self.temp_path, &self.final_path).map_err(IoError::with(format!(
             "renaming into {}",
             self.final_path.display()
         )))?;
-        sync_dir(&self.dir).map_err(StoreError::io(format!("syncing {}", self.dir.display())))?;
+        sync_dir(&self.dir).map_err(IoError::with(format!("syncing {}", self.dir.display())))?;
         Ok(())
     }
 }

@@ -1,63 +1,87 @@
 //! Durable state: the jobs database, the spool that holds acknowledged bytes
 //! until they are compressed, and the storage the archives land in.
+//!
+//! The engine is handed an `ArchiveStore` and never knows whether archives
+//! land on a disk or in a bucket: a store creates an archive as a stream of
+//! bytes that becomes visible under its final name only on `commit`, and
+//! reads it back as a stream.
 
 mod db;
 mod local;
 mod spool;
 
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 
-pub use db::{JobDb, JobFilter, NewJob, Received};
-pub use local::LocalStore;
+pub use db::{InsertOutcome, JobDb, Received};
+pub use local::{ARCHIVE_SUFFIX, LocalStore};
 pub use spool::{Spool, sync_dir};
 
-use crate::types::{LogId, ShardId};
+use crate::error::{Classified, ErrorKind, IoError};
+use crate::types::{Digest, LogId, ShardId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("jobs database: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("jobs database holds an invalid row: {0}")]
     Corrupt(String),
 }
 
+impl Classified for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Io(e) => e.kind(),
+            StoreError::Db(_) | StoreError::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 impl StoreError {
-    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
-        let context = context.into();
-        move |source| StoreError::Io { context, source }
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::Io(e) => e.is_out_of_space(),
+            StoreError::Db(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
     }
 }
 
 /// Where one segment's archive lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ArchiveKey {
     pub shard_id: ShardId,
     pub log_id: LogId,
 }
 
-pub trait ReadSeek: Read + Seek + Send {}
-impl<T: Read + Seek + Send> ReadSeek for T {}
+/// What an archive holds, for stores that keep it beside the bytes (object
+/// metadata), so the archive can be identified without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveMeta {
+    pub key: ArchiveKey,
+    /// Size of the original segment.
+    pub size: u64,
+    pub sha256: Digest,
+}
 
 /// An archive being written. Dropping it without `commit` discards it: no
 /// partial archive is ever visible under its final name.
 pub trait PendingArchive: Write + Send {
     /// Makes the archive durable under its final name.
-    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    fn commit(self: Box<Self>, meta: &ArchiveMeta) -> Result<(), StoreError>;
 }
 
 /// Archive storage. Workers call it from their own threads, so it is blocking.
 pub trait ArchiveStore: Send + Sync + 'static {
     fn create(&self, key: ArchiveKey) -> Result<Box<dyn PendingArchive>, StoreError>;
-    /// `None` when there is no archive for `key`.
-    fn open(&self, key: ArchiveKey) -> Result<Option<Box<dyn ReadSeek>>, StoreError>;
+    /// Streams an archive; `None` when there is none.
+    fn open(&self, key: ArchiveKey) -> Result<Option<Box<dyn Read + Send>>, StoreError>;
     fn remove(&self, key: ArchiveKey) -> Result<bool, StoreError>;
     /// Removes what crashed writers left behind; returns how many.
-    fn remove_temporaries(&self) -> Result<usize, StoreError>;
+    fn clean_up(&self) -> Result<usize, StoreError>;
     /// Human-readable location, for logs and the CLI.
     fn location(&self, key: ArchiveKey) -> String;
 }

@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
+use crate::error::IoError;
 use crate::types::JobId;
 
 pub struct Spool {
@@ -16,7 +17,7 @@ pub struct Spool {
 impl Spool {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        fs::create_dir_all(&dir).map_err(IoError::with(format!("creating {}", dir.display())))?;
         Ok(Spool { dir })
     }
 
@@ -25,47 +26,45 @@ impl Spool {
     }
 
     pub fn path(&self, job: JobId) -> PathBuf {
-        self.dir.join(format!("{job:020}.seg"))
+        self.dir.join(format!("{:020}.seg", job.0))
     }
 
     pub fn create(&self, job: JobId) -> Result<File, StoreError> {
         let path = self.path(job);
-        File::create(&path).map_err(StoreError::io(format!(
+        Ok(File::create(&path).map_err(IoError::with(format!(
             "creating spool file {}",
             path.display()
-        )))
+        )))?)
     }
 
     pub fn open_file(&self, job: JobId) -> Result<File, StoreError> {
         let path = self.path(job);
-        File::open(&path).map_err(StoreError::io(format!(
+        Ok(File::open(&path).map_err(IoError::with(format!(
             "opening spool file {}",
             path.display()
-        )))
+        )))?)
     }
 
     /// Makes a spool file and its directory entry durable.
     pub fn persist(&self, file: &File) -> Result<(), StoreError> {
         file.sync_all()
-            .map_err(StoreError::io("syncing spool file"))?;
-        sync_dir(&self.dir).map_err(StoreError::io("syncing spool directory"))
+            .map_err(IoError::with("syncing spool file"))?;
+        sync_dir(&self.dir).map_err(IoError::with("syncing spool directory"))?;
+        Ok(())
     }
 
     pub fn remove(&self, job: JobId) -> Result<(), StoreError> {
         match fs::remove_file(self.path(job)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Io {
-                context: format!("removing spool file of job {job}"),
-                source: e,
-            }),
+            Err(e) => Err(IoError::new(format!("removing spool file of job {job}"), e).into()),
         }
     }
 
     /// Job ids that have a spool file.
     pub fn list(&self) -> Result<Vec<JobId>, StoreError> {
         let entries = fs::read_dir(&self.dir)
-            .map_err(StoreError::io(format!("listing {}", self.dir.display())))?;
+            .map_err(IoError::with(format!("listing {}", self.dir.display())))?;
         Ok(entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())

@@ -1,20 +1,18 @@
 use crate::archive::{ArchiveError, JsonLinesError};
+use crate::error::{Classified, ErrorKind, IoError};
 use crate::store::StoreError;
 use crate::types::{Digest, FailureKind, Job, JobId, JobState, LogId, ShardId};
 
-/// Everything the engine can refuse or fail with. The service maps each to a
-/// gRPC status in one place (`service::status`).
+/// Everything the engine can refuse or fail with. Each variant says what kind
+/// of failure it is (`kind`); the service turns kinds into gRPC codes.
 #[derive(Debug, thiserror::Error)]
-pub enum QueueError {
+pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(
         "shard {shard_id}'s queue is full ({limit} segments received or waiting); keep the WAL and retry later"
     )]
@@ -74,29 +72,59 @@ pub enum QueueError {
     Cancelled(JobId),
     #[error("the service is shutting down; retry later")]
     ShuttingDown,
+    /// The stream that fed an upload broke.
     #[error("upload interrupted: {0}")]
     Interrupted(String),
     #[error("job {} failed: {}", .0.id, .0.reason)]
     JobFailed(Box<Job>),
+    /// The spool no longer holds what was received and verified.
+    #[error("spool file no longer matches the received segment: {0}")]
+    SpoolDamaged(ArchiveError),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
-impl QueueError {
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        QueueError::Io {
-            context: context.into(),
-            source,
+impl Classified for EngineError {
+    fn kind(&self) -> ErrorKind {
+        use EngineError as E;
+        match self {
+            E::Store(e) => e.kind(),
+            E::Archive(e) => e.kind(),
+            E::Io(e) => e.kind(),
+            E::QueueFull { .. } | E::TooManyUploads { .. } | E::DiskFull { .. } => {
+                ErrorKind::ResourceExhausted
+            }
+            E::JobNotFound(_)
+            | E::SegmentNotFound { .. }
+            | E::ShardNotFound(_)
+            | E::Expired { .. } => ErrorKind::NotFound,
+            E::Conflict { .. } => ErrorKind::AlreadyExists,
+            E::Busy { .. } => ErrorKind::Aborted,
+            E::JobFailed(job) => job
+                .failure
+                .map_or(ErrorKind::Aborted, FailureKind::error_kind),
+            E::NotCancellable { .. } => ErrorKind::FailedPrecondition,
+            E::Invalid(_) | E::BadJsonLine(_) | E::SizeMismatch { .. } | E::MissingDigest => {
+                ErrorKind::InvalidArgument
+            }
+            E::DigestMismatch { .. } | E::ArchiveMissing { .. } | E::SpoolDamaged(_) => {
+                ErrorKind::DataLoss
+            }
+            E::Cancelled(_) | E::Interrupted(_) => ErrorKind::Cancelled,
+            E::ShuttingDown => ErrorKind::Unavailable,
+            E::Internal(_) => ErrorKind::Internal,
         }
     }
+}
 
-    /// The OS error behind this one, if any (to tell a full disk from a bug).
-    pub fn os_error(&self) -> Option<&std::io::Error> {
+impl EngineError {
+    /// The disk (or quota) is full: a condition that passes.
+    pub fn is_out_of_space(&self) -> bool {
         match self {
-            QueueError::Io { source, .. } => Some(source),
-            QueueError::Store(StoreError::Io { source, .. }) => Some(source),
-            QueueError::Archive(ArchiveError::Io(source)) => Some(source),
-            _ => None,
+            EngineError::Io(e) => e.is_out_of_space(),
+            EngineError::Store(e) => e.is_out_of_space(),
+            EngineError::Archive(ArchiveError::Io(e)) => crate::error::is_out_of_space(e),
+            _ => false,
         }
     }
 
@@ -106,24 +134,19 @@ impl QueueError {
             return FailureKind::NoSpace;
         }
         match self {
-            QueueError::Invalid(_)
-            | QueueError::BadJsonLine(_)
-            | QueueError::SizeMismatch { .. }
-            | QueueError::DigestMismatch { .. }
-            | QueueError::MissingDigest => FailureKind::InvalidData,
-            QueueError::Archive(
+            EngineError::Invalid(_)
+            | EngineError::BadJsonLine(_)
+            | EngineError::SizeMismatch { .. }
+            | EngineError::DigestMismatch { .. }
+            | EngineError::MissingDigest => FailureKind::InvalidData,
+            EngineError::SpoolDamaged(_)
+            | EngineError::Archive(
                 ArchiveError::ContentMismatch { .. } | ArchiveError::SizeMismatch { .. },
             ) => FailureKind::Integrity,
-            QueueError::Interrupted(_) | QueueError::Cancelled(_) | QueueError::ShuttingDown => {
+            EngineError::Cancelled(_) | EngineError::ShuttingDown | EngineError::Interrupted(_) => {
                 FailureKind::Interrupted
             }
             _ => FailureKind::Internal,
         }
-    }
-
-    pub fn is_out_of_space(&self) -> bool {
-        self.os_error()
-            .and_then(std::io::Error::raw_os_error)
-            .is_some_and(|code| code == libc::ENOSPC || code == libc::EDQUOT)
     }
 }

@@ -6,51 +6,64 @@
 
 use std::collections::HashSet;
 
-use super::{Inner, QueueError, RecoveryReport};
+use super::EngineError;
 use crate::archive::ArchiveReader;
-use crate::store::ArchiveKey;
+use crate::queue::Scheduler;
+use crate::store::{ArchiveKey, ArchiveStore, JobDb, Spool};
 use crate::types::{FailureKind, Job, JobState, JsonStats};
 
-pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
+/// What recovery found and did at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub requeued: usize,
+    pub adopted: usize,
+    pub interrupted: usize,
+    pub lost: usize,
+    pub temporaries_removed: usize,
+    pub orphan_spools_removed: usize,
+}
+
+pub(super) fn recover(
+    db: &JobDb,
+    spool: &Spool,
+    store: &dyn ArchiveStore,
+    scheduler: &Scheduler,
+) -> Result<RecoveryReport, EngineError> {
     let mut report = RecoveryReport {
-        temporaries_removed: inner.store.remove_temporaries()?,
+        temporaries_removed: store.clean_up()?,
         ..RecoveryReport::default()
     };
     let mut live_spools = HashSet::new();
     let unfinished =
-        inner
-            .db
-            .in_states(&[JobState::Receiving, JobState::Queued, JobState::Compressing])?;
+        db.in_states(&[JobState::Receiving, JobState::Queued, JobState::Compressing])?;
     for job in unfinished {
         if job.state == JobState::Receiving {
-            inner.db.fail(
+            db.fail(
                 job.id,
                 &[JobState::Receiving],
                 FailureKind::Interrupted,
                 "interrupted: the service stopped while receiving; push the segment again",
             )?;
-            inner.spool.remove(job.id)?;
+            spool.remove(job.id)?;
             report.interrupted += 1;
             continue;
         }
-        if let Some((archive_size, json)) = verified_archive(inner, &job) {
-            inner.db.mark_archived(job.id, archive_size, json)?;
-            inner.spool.remove(job.id)?;
+        if let Some((archive_size, json)) = verified_archive(store, &job) {
+            db.mark_archived(job.id, archive_size, json)?;
+            spool.remove(job.id)?;
             report.adopted += 1;
             continue;
         }
         if job.state == JobState::Compressing {
-            inner
-                .db
-                .transition(job.id, &[JobState::Compressing], JobState::Queued, "")?;
+            db.transition(job.id, &[JobState::Compressing], JobState::Queued, "")?;
         }
-        if inner.spool.path(job.id).exists() {
-            inner.scheduler.reserve_for_recovery(job.shard_id);
-            inner.scheduler.enqueue(job.shard_id, job.id);
+        if spool.path(job.id).exists() {
+            scheduler.reserve_for_recovery(job.shard_id);
+            scheduler.enqueue(job.shard_id, job.id);
             live_spools.insert(job.id);
             report.requeued += 1;
         } else {
-            inner.db.fail(
+            db.fail(
                 job.id,
                 &[JobState::Queued],
                 FailureKind::Internal,
@@ -59,9 +72,9 @@ pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
             report.lost += 1;
         }
     }
-    for id in inner.spool.list()? {
+    for id in spool.list()? {
         if !live_spools.contains(&id) {
-            inner.spool.remove(id)?;
+            spool.remove(id)?;
             report.orphan_spools_removed += 1;
         }
     }
@@ -73,17 +86,17 @@ pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport, QueueError> {
 
 /// The size of the job's archive if one is in place and decodes to the job's
 /// exact segment; `None` means it must be (re)written.
-fn verified_archive(inner: &Inner, job: &Job) -> Option<(u64, Option<JsonStats>)> {
+fn verified_archive(store: &dyn ArchiveStore, job: &Job) -> Option<(u64, Option<JsonStats>)> {
     let key = ArchiveKey {
         shard_id: job.shard_id,
         log_id: job.log_id,
     };
-    let file = inner.store.open(key).ok()??;
-    let mut reader = ArchiveReader::open(file).ok()?;
+    let input = store.open(key).ok()??;
+    let mut reader = ArchiveReader::open(input).ok()?;
     if Some(reader.header().sha256.as_str()) != job.sha256.map(|d| d.to_hex()).as_deref() {
         return None;
     }
     reader.copy_to(&mut std::io::sink()).ok()?;
-    let metadata = reader.metadata();
+    let metadata = reader.metadata()?;
     Some((metadata.archive_size, metadata.json))
 }

@@ -4,31 +4,32 @@
 //! (shard_id, log_id) is active (not FAILED or CANCELLED), enforced by a
 //! partial unique index, which is what makes pushes idempotent under races.
 
+mod rows;
+mod shards;
+
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use crate::types::{
-    AckLevel, ContentKind, Digest, FailureKind, Job, JobId, JobState, JsonStats, LogId, ShardId,
-    ShardStatus, now_unix_ms,
+    Digest, FailureKind, Job, JobFilter, JobId, JobState, JsonStats, LogId, SegmentRequest,
+    ShardId, now_unix_ms,
 };
+use rows::{COLUMNS, active_job, get, job_from_row};
 
 pub struct JobDb {
     conn: Mutex<Connection>,
 }
 
-/// A job as first recorded, when its header arrives.
-#[derive(Clone, Debug)]
-pub struct NewJob {
-    pub shard_id: ShardId,
-    pub log_id: LogId,
-    pub size: Option<u64>,
-    pub sha256: Option<Digest>,
-    pub kind: ContentKind,
-    pub ack: AckLevel,
-    pub zstd_level: i32,
+/// What recording a new RECEIVING job found.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    /// The job was recorded.
+    New(Job),
+    /// The segment already has an active (not FAILED or CANCELLED) job.
+    Existing(Job),
 }
 
 /// What receiving a segment proved about it.
@@ -37,17 +38,6 @@ pub struct Received {
     pub size: u64,
     pub sha256: Digest,
     pub content_xxh3: u128,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct JobFilter {
-    pub shard_id: Option<ShardId>,
-    pub state: Option<JobState>,
-    pub log_id_min: Option<LogId>,
-    pub log_id_max: Option<LogId>,
-    /// Only jobs with a larger id (pagination).
-    pub after: Option<JobId>,
-    pub limit: usize,
 }
 
 const SCHEMA: &str = "
@@ -78,9 +68,6 @@ CREATE INDEX IF NOT EXISTS jobs_by_segment ON jobs(shard_id, log_id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 ";
 
-const COLUMNS: &str = "id, shard_id, log_id, state, reason, size, sha256, kind, ack, zstd_level, archive_size, \
-                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms, content_xxh3, failure, expired_ms";
-
 impl JobDb {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
@@ -105,7 +92,11 @@ impl JobDb {
     }
 
     /// Records a new RECEIVING job, or returns the segment's active job if it has one.
-    pub fn insert_receiving(&self, new: &NewJob) -> Result<Result<Job, Job>, StoreError> {
+    pub fn insert_receiving(
+        &self,
+        new: &SegmentRequest,
+        zstd_level: i32,
+    ) -> Result<InsertOutcome, StoreError> {
         self.with(|conn| {
             let now = now_unix_ms();
             let inserted = conn.execute(
@@ -118,19 +109,20 @@ impl JobDb {
                     new.sha256.map(|d| d.0.to_vec()),
                     new.kind.as_str(),
                     new.ack.as_str(),
-                    new.zstd_level,
+                    zstd_level,
                     now
                 ],
             );
             match inserted {
                 Ok(_) => {
-                    let id = conn.last_insert_rowid() as JobId;
-                    Ok(Ok(get(conn, id)?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?))
+                    let id = JobId(conn.last_insert_rowid() as u64);
+                    let job = get(conn, id)?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?;
+                    Ok(InsertOutcome::New(job))
                 }
                 Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
                     let existing = active_job(conn, new.shard_id, new.log_id)?
                         .ok_or_else(|| StoreError::Corrupt("active job vanished during insert".into()))?;
-                    Ok(Err(existing))
+                    Ok(InsertOutcome::Existing(existing))
                 }
                 Err(e) => Err(e.into()),
             }
@@ -166,7 +158,7 @@ impl JobDb {
                 "UPDATE jobs SET state = 'QUEUED', size = ?2, sha256 = ?3, content_xxh3 = ?4, updated_ms = ?5
                  WHERE id = ?1 AND state = 'RECEIVING'",
                 params![
-                    id,
+                    id.0 as i64,
                     received.size as i64,
                     received.sha256.0.to_vec(),
                     received.content_xxh3.to_le_bytes().to_vec(),
@@ -191,7 +183,7 @@ impl JobDb {
             let sql = format!(
                 "UPDATE jobs SET state = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1 AND state IN ({from_list})"
             );
-            let changed = conn.execute(&sql, params![id, to.as_str(), reason, now_unix_ms()])?;
+            let changed = conn.execute(&sql, params![id.0 as i64, to.as_str(), reason, now_unix_ms()])?;
             if changed == 0 { Ok(None) } else { get(conn, id) }
         })
     }
@@ -208,7 +200,7 @@ impl JobDb {
                         json_first_ts = ?4, json_last_ts = ?5, updated_ms = ?6
                  WHERE id = ?1 AND state IN ('QUEUED', 'COMPRESSING')",
                 params![
-                    id,
+                    id.0 as i64,
                     archive_size as i64,
                     json.map(|j| j.entries as i64),
                     json.and_then(|j| j.first_timestamp),
@@ -239,7 +231,7 @@ impl JobDb {
         self.with(|conn| {
             conn.execute(
                 "UPDATE jobs SET failure = ?2 WHERE id = ?1",
-                params![id, kind.as_str()],
+                params![id.0 as i64, kind.as_str()],
             )?;
             get(conn, id)
         })
@@ -261,7 +253,7 @@ impl JobDb {
                     filter.state.map(JobState::as_str),
                     filter.log_id_min.map(|l| l.min(i64::MAX as u64) as i64),
                     filter.log_id_max.map(|l| l.min(i64::MAX as u64) as i64),
-                    filter.after.unwrap_or(0) as i64,
+                    filter.after.map_or(0, |id| id.0 as i64),
                     filter.limit as i64
                 ],
                 job_from_row,
@@ -299,190 +291,38 @@ impl JobDb {
         self.with(|conn| {
             conn.execute(
                 "UPDATE jobs SET expired_ms = ?2 WHERE id = ?1 AND expired_ms IS NULL",
-                params![id, now_unix_ms()],
+                params![id.0 as i64, now_unix_ms()],
             )?;
             Ok(())
         })
     }
-
-    pub fn shard_ids(&self) -> Result<Vec<ShardId>, StoreError> {
-        self.with(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT DISTINCT shard_id FROM jobs ORDER BY shard_id")?;
-            let ids = stmt
-                .query_map([], |row| row.get(0))?
-                .collect::<Result<Vec<ShardId>, _>>()?;
-            Ok(ids)
-        })
-    }
-
-    /// Jobs per state, every state included.
-    pub fn state_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        self.with(|conn| {
-            let mut counts: Vec<(JobState, u64)> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
-            let mut stmt =
-                conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let state: JobState = row
-                    .get::<_, String>(0)?
-                    .parse()
-                    .map_err(StoreError::Corrupt)?;
-                if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
-                    entry.1 = row.get::<_, i64>(1)? as u64;
-                }
-            }
-            Ok(counts)
-        })
-    }
-
-    /// Counters and watermark of a shard; `None` if it never submitted anything.
-    pub fn shard_status(&self, shard_id: ShardId) -> Result<Option<ShardStatus>, StoreError> {
-        self.with(|conn| {
-            let mut status = ShardStatus {
-                shard_id,
-                ..ShardStatus::default()
-            };
-            let mut seen = false;
-            let mut stmt = conn.prepare_cached(
-                "SELECT state, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(archive_size), 0)
-                 FROM jobs WHERE shard_id = ?1 GROUP BY state",
-            )?;
-            let mut rows = stmt.query(params![shard_id])?;
-            while let Some(row) = rows.next()? {
-                seen = true;
-                let state: String = row.get(0)?;
-                let count = row.get::<_, i64>(1)? as u64;
-                match state.parse::<JobState>().map_err(StoreError::Corrupt)? {
-                    JobState::Receiving => status.receiving = count,
-                    JobState::Queued => status.queued = count,
-                    JobState::Compressing => status.running = count,
-                    JobState::Archived => {
-                        status.archived = count;
-                        status.bytes_in = row.get::<_, i64>(2)? as u64;
-                        status.bytes_out = row.get::<_, i64>(3)? as u64;
-                    }
-                    JobState::Failed => status.failed = count,
-                    JobState::Cancelled => {}
-                }
-            }
-            if !seen {
-                return Ok(None);
-            }
-            status.archived_watermark = watermark(conn, shard_id)?;
-            Ok(Some(status))
-        })
-    }
-}
-
-/// The highest log_id L such that every log_id ≤ L the shard ever submitted
-/// has an ARCHIVED job. A failed or cancelled segment holds the watermark
-/// back until it is pushed again and archived: its WAL must not be deleted.
-fn watermark(conn: &Connection, shard_id: ShardId) -> Result<Option<LogId>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT log_id, MAX(state = 'ARCHIVED') FROM jobs WHERE shard_id = ?1 GROUP BY log_id ORDER BY log_id",
-    )?;
-    let mut rows = stmt.query(params![shard_id])?;
-    let mut mark = None;
-    while let Some(row) = rows.next()? {
-        let archived: bool = row.get(1)?;
-        if !archived {
-            break;
-        }
-        mark = Some(row.get::<_, i64>(0)? as LogId);
-    }
-    Ok(mark)
-}
-
-fn get(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1");
-    conn.query_row(&sql, params![id as i64], job_from_row)
-        .optional()?
-        .transpose()
-}
-
-fn active_job(
-    conn: &Connection,
-    shard_id: ShardId,
-    log_id: LogId,
-) -> Result<Option<Job>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM jobs WHERE shard_id = ?1 AND log_id = ?2 AND state NOT IN ('FAILED', 'CANCELLED')"
-    );
-    conn.query_row(&sql, params![shard_id, log_id as i64], job_from_row)
-        .optional()?
-        .transpose()
-}
-
-fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError>> {
-    let state: String = row.get(3)?;
-    let kind: String = row.get(7)?;
-    let ack: String = row.get(8)?;
-    let sha: Option<Vec<u8>> = row.get(6)?;
-    let json_entries: Option<i64> = row.get(11)?;
-    let content_xxh3: Option<Vec<u8>> = row.get(16)?;
-    let failure: Option<String> = row.get(17)?;
-    let expired_unix_ms: Option<i64> = row.get(18)?;
-    let parsed = (|| {
-        Ok::<_, String>(Job {
-            id: row.get::<_, i64>(0).map_err(|e| e.to_string())? as JobId,
-            shard_id: row.get(1).map_err(|e| e.to_string())?,
-            log_id: row.get::<_, i64>(2).map_err(|e| e.to_string())? as LogId,
-            state: state.parse()?,
-            reason: row.get(4).map_err(|e| e.to_string())?,
-            failure: failure.as_deref().map(str::parse).transpose()?,
-            size: row
-                .get::<_, Option<i64>>(5)
-                .map_err(|e| e.to_string())?
-                .map(|s| s as u64),
-            sha256: match sha {
-                Some(bytes) => Some(Digest::from_slice(&bytes).ok_or("sha256 is not 32 bytes")?),
-                None => None,
-            },
-            kind: kind.parse()?,
-            ack: ack.parse()?,
-            zstd_level: row.get(9).map_err(|e| e.to_string())?,
-            archive_size: row
-                .get::<_, Option<i64>>(10)
-                .map_err(|e| e.to_string())?
-                .map(|s| s as u64),
-            json: match json_entries {
-                Some(entries) => Some(JsonStats {
-                    entries: entries as u64,
-                    first_timestamp: row.get(12).map_err(|e| e.to_string())?,
-                    last_timestamp: row.get(13).map_err(|e| e.to_string())?,
-                }),
-                None => None,
-            },
-            expired_unix_ms,
-            content_xxh3: match content_xxh3 {
-                Some(bytes) => Some(u128::from_le_bytes(
-                    bytes
-                        .try_into()
-                        .map_err(|_| "content_xxh3 is not 16 bytes")?,
-                )),
-                None => None,
-            },
-            created_unix_ms: row.get(14).map_err(|e| e.to_string())?,
-            updated_unix_ms: row.get(15).map_err(|e| e.to_string())?,
-        })
-    })();
-    Ok(parsed.map_err(StoreError::Corrupt))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{AckLevel, ContentKind};
 
-    fn new_job(shard_id: ShardId, log_id: LogId) -> NewJob {
-        NewJob {
+    fn new_job(shard_id: ShardId, log_id: LogId) -> SegmentRequest {
+        SegmentRequest {
             shard_id,
             log_id,
             size: Some(3),
             sha256: Some(Digest::of(b"abc")),
             kind: ContentKind::Raw,
             ack: AckLevel::Queued,
-            zstd_level: 3,
+            zstd_level: None,
+        }
+    }
+
+    fn insert(db: &JobDb, shard_id: ShardId, log_id: LogId) -> InsertOutcome {
+        db.insert_receiving(&new_job(shard_id, log_id), 3).unwrap()
+    }
+
+    fn new(outcome: InsertOutcome) -> Job {
+        match outcome {
+            InsertOutcome::New(job) => job,
+            other => panic!("expected a new job, got {other:?}"),
         }
     }
 
@@ -498,11 +338,13 @@ mod tests {
     fn one_active_job_per_segment_and_watermark() {
         let dir = tempfile::tempdir().unwrap();
         let db = JobDb::open(&dir.path().join("jobs.db")).unwrap();
-        let first = db.insert_receiving(&new_job(1, 10)).unwrap().unwrap();
-        let again = db.insert_receiving(&new_job(1, 10)).unwrap().unwrap_err();
+        let first = new(insert(&db, 1, 10));
+        let InsertOutcome::Existing(again) = insert(&db, 1, 10) else {
+            panic!("a second active job for one segment");
+        };
         assert_eq!(first.id, again.id);
-        let second = db.insert_receiving(&new_job(1, 11)).unwrap().unwrap();
-        let third = db.insert_receiving(&new_job(1, 12)).unwrap().unwrap();
+        let second = new(insert(&db, 1, 11));
+        let third = new(insert(&db, 1, 12));
         assert_eq!(
             db.shard_status(1).unwrap().unwrap().archived_watermark,
             None
@@ -529,7 +371,7 @@ mod tests {
             db.shard_status(1).unwrap().unwrap().archived_watermark,
             Some(10)
         );
-        let retry = db.insert_receiving(&new_job(1, 11)).unwrap().unwrap();
+        let retry = new(insert(&db, 1, 11));
         db.mark_queued(retry.id, &received()).unwrap().unwrap();
         db.mark_archived(retry.id, 20, None).unwrap().unwrap();
         let status = db.shard_status(1).unwrap().unwrap();

@@ -1,0 +1,242 @@
+//! The command line: every subcommand and its arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use wal_archiver::client::DEFAULT_SERVER;
+use wal_archiver::config::ConfigFlags;
+use wal_archiver::types::{ContentKind, JobState};
+
+#[derive(Parser)]
+#[command(
+    name = "wal-archiver",
+    version,
+    about = "Archive database write-ahead-log segments: a gRPC service and its client"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the archiving service.
+    Serve(Box<ServeArgs>),
+    /// Push one segment file, or every wal-<id>.log of a directory below --up-to.
+    Push(PushArgs),
+    /// Show one job.
+    Status {
+        job: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List jobs, oldest first.
+    List(ListArgs),
+    /// Follow a job's state changes until it ends.
+    Watch {
+        job: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a receiving, queued or compressing job.
+    Cancel {
+        job: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a shard's queue, counters and archived watermark.
+    Shard {
+        shard: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Fetch a segment's original bytes, verified against its SHA-256.
+    Restore {
+        #[arg(long)]
+        shard: u32,
+        #[arg(long)]
+        log_id: u64,
+        /// Output file (written under a temporary name, renamed when verified); `-` for stdout.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Re-read archives, check every SHA-256 and list gaps in each shard's log_ids; fails on any problem.
+    Verify {
+        #[arg(long)]
+        shard: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print an archive file's metadata; with --verify also decode it and check its SHA-256.
+    Inspect {
+        archive: PathBuf,
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark the service against the in-database baseline and the zstd CLI on the same files.
+    #[cfg(feature = "bench")]
+    Bench(BenchArgs),
+    /// The in-database baseline of `bench`, run in its own process.
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchBaseline {
+        #[arg(long)]
+        out_dir: PathBuf,
+        #[arg(long)]
+        level: i32,
+        #[arg(long)]
+        shards: usize,
+        files: Vec<PathBuf>,
+    },
+    /// Write deterministic JSON-lines WAL segments (wal-<id>.log) for trying things out.
+    Generate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        segments: u64,
+        /// Bytes per segment (whole lines, so slightly more).
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        first_id: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Server URL.
+    #[arg(long, env = "WAL_ARCHIVER_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Bearer token, when the server has a tokens file.
+    #[arg(long, env = "WAL_ARCHIVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA of the server's certificate (TLS; use an https:// URL).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate, when the server verifies clients.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Each --flag sets the config key of the same name (dashes for underscores); \
+values come from defaults, then --config FILE, then WAL_ARCHIVER_<KEY> variables, then flags. \
+See the configuration table in README.md."
+)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The shard the segments belong to.
+    #[arg(long)]
+    pub shard: u32,
+    /// The segment's log id (with FILE).
+    #[arg(long, requires = "file", conflicts_with_all = ["wal_dir", "up_to"])]
+    pub log_id: Option<u64>,
+    /// The segment file.
+    #[arg(requires = "log_id")]
+    pub file: Option<PathBuf>,
+    /// Push every wal-<id>.log of this directory with id below --up-to.
+    #[arg(long, requires = "up_to")]
+    pub wal_dir: Option<PathBuf>,
+    /// Push the files whose log id is below this one.
+    #[arg(long, requires = "wal_dir")]
+    pub up_to: Option<u64>,
+    /// Wait until each job is ARCHIVED.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wal-dir: delete the files once every one is ARCHIVED (implies --wait).
+    #[arg(long, requires = "wal_dir")]
+    pub delete: bool,
+    /// raw (opaque bytes) or json-lines (every non-empty line must be a JSON object).
+    #[arg(long, default_value = "raw", value_parser = parse_kind)]
+    pub kind: ContentKind,
+    /// Reply only once the archive is durable, instead of once the bytes are spooled.
+    #[arg(long)]
+    pub ack_archived: bool,
+    /// zstd level (server default when unset).
+    #[arg(long)]
+    pub level: Option<i32>,
+    /// Segments streamed at once with --wal-dir.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Generated WAL, outputs and the server's data dir go here (reused across runs).
+    #[arg(long, default_value = "bench-work")]
+    pub work_dir: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub segments: u64,
+    /// MiB per segment.
+    #[arg(long, default_value_t = 10)]
+    pub segment_mib: usize,
+    /// MiB of the single large segment; 0 skips it.
+    #[arg(long, default_value_t = 1024)]
+    pub big_mib: usize,
+    /// Shard counts to run the segments with, each pushing every segment.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub shards: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    pub level: i32,
+    /// Segments a shard streams to the service at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Markdown file whose results block is replaced (analysis around it is kept).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// SVG chart of the throughputs.
+    #[arg(long, default_value = "docs/benchmark.svg")]
+    pub chart: PathBuf,
+    /// A small run (4 × 1 MiB, 1 and 4 shards, one 16 MiB segment) that writes no files.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub shard: Option<u32>,
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<JobState>,
+    #[arg(long)]
+    pub log_id_min: Option<u64>,
+    #[arg(long)]
+    pub log_id_max: Option<u64>,
+    /// At most this many jobs (all pages are fetched up to it).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub fn parse_kind(text: &str) -> Result<ContentKind, String> {
+    text.parse()
+}
+
+pub fn parse_state(text: &str) -> Result<JobState, String> {
+    text.parse()
+}

@@ -1,0 +1,93 @@
+//! The `wal-archiver` command: parse arguments, call the library, print, exit.
+//! `args` declares every subcommand; `remote` runs the ones that talk to a
+//! server, `local` the ones that do not, `serve` the server itself; `output`
+//! formats what they print.
+
+mod args;
+mod local;
+mod output;
+mod remote;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+use wal_archiver::client::ClientError;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A client command piped into `head` should end quietly, as CLI tools do.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Rpc(status)) => eprintln!(
+                    "error: {}: {}",
+                    wal_archiver::service::code_name(status.code()),
+                    status.message()
+                ),
+                _ => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve::serve(*args).await,
+        Command::Push(args) => remote::push(args).await,
+        Command::Status { job, client } => remote::status(job, &client).await,
+        Command::List(args) => remote::list(args).await,
+        Command::Watch { job, client } => remote::watch(job, &client).await,
+        Command::Cancel { job, client } => remote::cancel(job, &client).await,
+        Command::Shard { shard, client } => remote::shard(shard, &client).await,
+        Command::Restore {
+            shard,
+            log_id,
+            output,
+            client,
+        } => remote::restore(shard, log_id, &output, &client).await,
+        Command::Verify { shard, client } => remote::verify(shard, &client).await,
+        Command::Inspect {
+            archive,
+            verify,
+            json,
+        } => local::inspect(&archive, verify, json),
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => local::bench(args).await,
+        #[cfg(feature = "bench")]
+        Command::BenchBaseline {
+            out_dir,
+            level,
+            shards,
+            files,
+        } => {
+            wal_archiver::bench::baseline(&files, &out_dir, level, shards)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate {
+            dir,
+            segments,
+            size,
+            first_id,
+            seed,
+        } => local::generate(&dir, segments, size, first_id, seed),
+    }
+}

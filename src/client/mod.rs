@@ -1,0 +1,366 @@
+//! The client a database embeds (and the CLI is built on): push a segment from
+//! a file or any async reader, push a WAL directory up to a log_id (`push`),
+//! wait, watch, restore. Pushes are idempotent on the server, so the client
+//! retries them with jittered backoff on UNAVAILABLE, RESOURCE_EXHAUSTED and
+//! ABORTED. It speaks domain types; protobuf stays inside.
+//!
+//! A WAL file is only ever deleted here after its job is ARCHIVED.
+
+mod push;
+
+pub use push::{
+    DEFAULT_CHUNK_SIZE, DirOptions, DirReport, Progress, PushOptions, Pushed, parse_wal_name,
+};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use crate::api;
+use crate::error::IoError;
+use crate::proto::{self, wal_archiver_client::WalArchiverClient};
+use crate::types::{Job, JobFilter, JobId, JobState, LogId, ShardId, ShardStatus, VerifyReport};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+const MAX_RESPONSE_MESSAGE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rpc(#[from] Status),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("job {} ended {}: {}", .0.id, .0.state, .0.reason)]
+    JobNotArchived(Box<Job>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
+        let wrap = IoError::with(context);
+        move |source| ClientError::Io(wrap(source))
+    }
+
+    /// The gRPC code, for exit statuses and retries.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc(status) => Some(status.code()),
+            ClientError::Connect { .. } => Some(Code::Unavailable),
+            _ => None,
+        }
+    }
+}
+
+/// How pushes are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 10,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn none() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn is_retryable(status: &Status) -> bool {
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::ResourceExhausted | Code::Aborted
+        )
+    }
+
+    /// Full jitter: a random wait up to the exponential bound, so shards
+    /// refused together do not come back together.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let bound = self
+            .first_backoff
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_backoff);
+        bound.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Where and how to connect.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    /// `http://host:port`, or `https://host:port` for TLS.
+    pub url: String,
+    /// PEM CA that signed the server's certificate (TLS).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate and key, when the server verifies clients.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Bearer token, when the server has a tokens file.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Rpc = WalArchiverClient<InterceptedService<Channel, BearerToken>>;
+
+#[derive(Clone)]
+pub struct Client {
+    rpc: Rpc,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    /// Plain connection without TLS or token.
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Client::connect_with(&Connection {
+            url: url.to_owned(),
+            ..Connection::default()
+        })
+        .await
+    }
+
+    pub async fn connect_with(connection: &Connection) -> Result<Client, ClientError> {
+        let url = &connection.url;
+        let connect_error = |source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(connect_error)?
+            .connect_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        if url.starts_with("https://") || connection.ca.is_some() || connection.cert.is_some() {
+            endpoint = endpoint
+                .tls_config(tls_config(connection)?)
+                .map_err(connect_error)?;
+        }
+        let channel = endpoint.connect().await.map_err(connect_error)?;
+        let token = match &connection.token {
+            Some(token) => Some(format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                ClientError::Invalid("the token has characters a header cannot carry".into())
+            })?),
+            None => None,
+        };
+        Ok(Client::with_channel(channel, token))
+    }
+
+    fn with_channel(channel: Channel, token: Option<MetadataValue<Ascii>>) -> Client {
+        Client {
+            rpc: WalArchiverClient::with_interceptor(channel, BearerToken(token))
+                .max_decoding_message_size(MAX_RESPONSE_MESSAGE),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Client {
+        self.retry = retry;
+        self
+    }
+
+    pub async fn job(&self, job_id: impl Into<JobId>) -> Result<Job, ClientError> {
+        let job_id = job_id.into().0;
+        let job = self
+            .rpc
+            .clone()
+            .get_job(proto::GetJobRequest { job_id })
+            .await?
+            .into_inner();
+        Ok(Job::from(&job))
+    }
+
+    /// One page of jobs (`filter.limit` at most, capped by the server); the
+    /// second value is the `after` of the next page, `None` on the last page.
+    pub async fn list(&self, filter: &JobFilter) -> Result<(Vec<Job>, Option<JobId>), ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .list_jobs(proto::ListJobsRequest::from(filter))
+            .await?
+            .into_inner();
+        let next = api::page_after(&reply.next_page_token);
+        Ok((reply.jobs.iter().map(Job::from).collect(), next))
+    }
+
+    pub async fn watch<J: Into<JobId>>(
+        &self,
+        job_id: J,
+    ) -> Result<impl Stream<Item = Result<Job, ClientError>> + use<J>, ClientError> {
+        let job_id = job_id.into().0;
+        let stream = self
+            .rpc
+            .clone()
+            .watch_job(proto::WatchJobRequest { job_id })
+            .await?
+            .into_inner();
+        Ok(stream
+            .map_ok(|job| Job::from(&job))
+            .map_err(ClientError::from))
+    }
+
+    /// Waits for the job's terminal state; an error unless it is ARCHIVED.
+    pub async fn wait(&self, job_id: impl Into<JobId>) -> Result<Job, ClientError> {
+        let job_id = job_id.into();
+        let mut states = Box::pin(self.watch(job_id).await?);
+        let mut last = None;
+        while let Some(job) = states.next().await {
+            last = Some(job?);
+        }
+        match last {
+            Some(job) if job.state == JobState::Archived => Ok(job),
+            Some(job) if job.state.is_terminal() => Err(ClientError::JobNotArchived(Box::new(job))),
+            _ => Err(ClientError::Rpc(Status::unavailable(format!(
+                "watch of job {job_id} ended before a terminal state (server stopping?)"
+            )))),
+        }
+    }
+
+    /// Asks the server to re-read archives (one shard's, or all) and check them.
+    pub async fn verify(&self, shard_id: Option<ShardId>) -> Result<VerifyReport, ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .verify(proto::VerifyRequest { shard_id })
+            .await?
+            .into_inner();
+        Ok(reply.into())
+    }
+
+    pub async fn cancel(&self, job_id: impl Into<JobId>) -> Result<Job, ClientError> {
+        let job_id = job_id.into().0;
+        let job = self
+            .rpc
+            .clone()
+            .cancel_job(proto::CancelJobRequest { job_id })
+            .await?
+            .into_inner();
+        Ok(Job::from(&job))
+    }
+
+    pub async fn shard(&self, shard_id: ShardId) -> Result<ShardStatus, ClientError> {
+        let shard = self
+            .rpc
+            .clone()
+            .get_shard(proto::GetShardRequest { shard_id })
+            .await?
+            .into_inner();
+        Ok(shard.into())
+    }
+
+    /// Writes the original bytes to `out`; returns how many. The server
+    /// verifies the SHA-256 and ends with DATA_LOSS on a mismatch.
+    pub async fn restore_to(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        progress: Option<Progress>,
+    ) -> Result<u64, ClientError> {
+        let mut chunks = self
+            .rpc
+            .clone()
+            .restore(proto::RestoreRequest { shard_id, log_id })
+            .await?
+            .into_inner();
+        let mut written = 0u64;
+        while let Some(chunk) = chunks.message().await? {
+            out.write_all(&chunk.data)
+                .await
+                .map_err(ClientError::io("writing restored bytes"))?;
+            written += chunk.data.len() as u64;
+            if let Some(progress) = &progress {
+                progress(written);
+            }
+        }
+        out.flush()
+            .await
+            .map_err(ClientError::io("writing restored bytes"))?;
+        Ok(written)
+    }
+
+    /// Restores into `path` through a temporary file renamed into place only
+    /// once the whole segment arrived verified: no partial file on failure.
+    pub async fn restore_to_file(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        path: &Path,
+        progress: Option<Progress>,
+    ) -> Result<u64, ClientError> {
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = path.with_file_name(format!(".{file_name}.restoring"));
+        let mut file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(ClientError::io(format!("creating {}", temp.display())))?;
+        let written = match self.restore_to(shard_id, log_id, &mut file, progress).await {
+            Ok(written) => written,
+            Err(e) => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e);
+            }
+        };
+        file.sync_all()
+            .await
+            .map_err(ClientError::io(format!("syncing {}", temp.display())))?;
+        tokio::fs::rename(&temp, path)
+            .await
+            .map_err(ClientError::io(format!("renaming into {}", path.display())))?;
+        Ok(written)
+    }
+}
+
+fn tls_config(connection: &Connection) -> Result<ClientTlsConfig, ClientError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(ClientError::io(format!("reading {}", path.display())))
+    };
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &connection.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    match (&connection.cert, &connection.key) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        (None, None) => {}
+        _ => return Err(ClientError::Invalid("--cert and --key go together".into())),
+    }
+    Ok(tls)
+}

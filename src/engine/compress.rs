@@ -1,0 +1,230 @@
+//! What a worker does with a job: stream its spool through the JSON-lines
+//! check (for JSON_LINES) and the zstd encoder into the archive store, commit
+//! the archive, then record ARCHIVED — or what stopped it.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use super::EngineError;
+use super::events::Events;
+use crate::archive::{
+    ArchiveError, ArchiveHeader, ArchiveWriter, FORMAT_VERSION, JsonLinesChecker,
+};
+use crate::config::Config;
+use crate::error::IoError;
+use crate::queue::{Interrupt, Task};
+use crate::store::{ArchiveKey, ArchiveMeta, ArchiveStore, JobDb, Spool};
+use crate::telemetry;
+use crate::types::{ContentKind, Job, JobState, JsonStats, now_unix_ms};
+
+/// Spool bytes read per step: large enough to amortize syscalls, small enough
+/// that a cancel or shutdown is noticed within milliseconds.
+const SPOOL_READ_BUFFER: usize = 1 << 20;
+
+/// A committed archive.
+struct Written {
+    archive_size: u64,
+    json: Option<JsonStats>,
+}
+
+/// Why a job's compression stopped before its archive was committed.
+enum Stop {
+    Interrupted(Interrupt),
+    Failed(EngineError),
+}
+
+impl From<EngineError> for Stop {
+    fn from(e: EngineError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+pub(super) struct Compressor {
+    pub config: Arc<Config>,
+    pub db: Arc<JobDb>,
+    pub spool: Arc<Spool>,
+    pub store: Arc<dyn ArchiveStore>,
+    pub events: Events,
+}
+
+impl Compressor {
+    /// Runs one job on the calling worker thread.
+    pub fn run(&self, task: &Task) {
+        let span = tracing::info_span!(
+            "job",
+            job_id = task.job_id.0,
+            shard_id = tracing::field::Empty,
+            log_id = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        let id = task.job_id;
+        let job = match self
+            .db
+            .transition(id, &[JobState::Queued], JobState::Compressing, "")
+        {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start job; it stays queued for the next start");
+                return;
+            }
+        };
+        span.record("shard_id", job.shard_id)
+            .record("log_id", job.log_id);
+        self.events.emit(&job);
+        let started = std::time::Instant::now();
+        let outcome = self.compress(&job, task);
+        let recorded = match &outcome {
+            Ok(written) => self
+                .db
+                .mark_archived(id, written.archive_size, written.json),
+            Err(Stop::Interrupted(Interrupt::Cancel)) => self.db.transition(
+                id,
+                &[JobState::Compressing],
+                JobState::Cancelled,
+                "cancelled by request",
+            ),
+            Err(Stop::Interrupted(Interrupt::Shutdown)) => {
+                self.db
+                    .transition(id, &[JobState::Compressing], JobState::Queued, "")
+            }
+            Err(Stop::Failed(e)) => self.db.fail(
+                id,
+                &[JobState::Compressing],
+                e.failure_kind(),
+                &e.to_string(),
+            ),
+        };
+        match recorded {
+            Ok(Some(job)) => {
+                log_outcome(&job, &outcome, started);
+                record_metrics(&job, &outcome);
+                if job.state != JobState::Queued
+                    && let Err(e) = self.spool.remove(id)
+                {
+                    tracing::warn!(error = %e, "spool file left behind; it is removed at the next start");
+                }
+                self.events.emit(&job);
+            }
+            Ok(None) => tracing::warn!("job changed state under its worker"),
+            // The archive may be durable while its row is not: recovery adopts it.
+            Err(e) => tracing::error!(error = %e, "cannot record the job's outcome"),
+        }
+    }
+
+    /// Compresses the spool into a committed archive.
+    fn compress(&self, job: &Job, task: &Task) -> Result<Written, Stop> {
+        let (Some(size), Some(sha), Some(content_xxh3)) = (job.size, job.sha256, job.content_xxh3)
+        else {
+            return Err(EngineError::Internal(
+                "queued job without size, digest or checksum".into(),
+            )
+            .into());
+        };
+        let mut spool = self.spool.open_file(job.id).map_err(EngineError::from)?;
+        let header = ArchiveHeader {
+            format_version: FORMAT_VERSION,
+            shard_id: job.shard_id,
+            log_id: job.log_id,
+            content_kind: job.kind,
+            original_size: size,
+            sha256: sha.to_hex(),
+            zstd_level: job.zstd_level,
+            created_unix_ms: now_unix_ms(),
+        };
+        let threshold = self.config.multithread_min_size;
+        let zstd_workers = if task.alone && threshold > 0 && size >= threshold {
+            self.config.workers() as u32
+        } else {
+            0
+        };
+        let key = ArchiveKey {
+            shard_id: job.shard_id,
+            log_id: job.log_id,
+        };
+        let pending = self.store.create(key).map_err(EngineError::from)?;
+        let mut writer = ArchiveWriter::new(pending, header, content_xxh3, zstd_workers)
+            .map_err(EngineError::from)?;
+        let mut checker = (job.kind == ContentKind::JsonLines)
+            .then(|| JsonLinesChecker::new(self.config.max_json_line_size));
+        let mut buf = vec![0u8; SPOOL_READ_BUFFER];
+        loop {
+            if let Some(why) = task.stop.get() {
+                return Err(Stop::Interrupted(why));
+            }
+            let n = match spool.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(EngineError::from(IoError::new("reading spool file", e)).into());
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Some(checker) = &mut checker {
+                checker.feed(&buf[..n]).map_err(EngineError::from)?;
+            }
+            writer.write_all(&buf[..n]).map_err(spool_damaged)?;
+        }
+        let json = checker
+            .map(JsonLinesChecker::finish)
+            .transpose()
+            .map_err(EngineError::from)?;
+        let written = writer.finish(json).map_err(spool_damaged)?;
+        if let Some(why) = task.stop.get() {
+            return Err(Stop::Interrupted(why));
+        }
+        let meta = ArchiveMeta {
+            key,
+            size,
+            sha256: sha,
+        };
+        written.sink.commit(&meta).map_err(EngineError::from)?;
+        Ok(Written {
+            archive_size: written.archive_size,
+            json,
+        })
+    }
+}
+
+/// A spool that no longer matches what was received and verified was
+/// damaged after the acknowledgement (a crash before it was durable, or the disk).
+fn spool_damaged(e: ArchiveError) -> Stop {
+    let e = match e {
+        e @ (ArchiveError::ContentMismatch { .. } | ArchiveError::SizeMismatch { .. }) => {
+            EngineError::SpoolDamaged(e)
+        }
+        other => EngineError::Archive(other),
+    };
+    Stop::Failed(e)
+}
+
+fn log_outcome(job: &Job, outcome: &Result<Written, Stop>, started: std::time::Instant) {
+    match outcome {
+        Ok(Written { archive_size, .. }) => tracing::info!(
+            shard_id = job.shard_id,
+            log_id = job.log_id,
+            size = job.size.unwrap_or(0),
+            archive_size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "archived"
+        ),
+        Err(Stop::Failed(e)) => {
+            tracing::warn!(shard_id = job.shard_id, log_id = job.log_id, error = %e, "job failed")
+        }
+        Err(Stop::Interrupted(why)) => tracing::info!(?why, "job interrupted"),
+    }
+}
+
+fn record_metrics(job: &Job, outcome: &Result<Written, Stop>) {
+    if let Ok(Written { archive_size, .. }) = outcome {
+        metrics::counter!(telemetry::ARCHIVED_BYTES).increment(job.size.unwrap_or(0));
+        metrics::counter!(telemetry::ARCHIVE_WRITTEN_BYTES).increment(*archive_size);
+        let took = (job.updated_unix_ms - job.created_unix_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!(telemetry::JOB_DURATION).record(took);
+    }
+    if job.state.is_terminal() {
+        metrics::counter!(telemetry::JOBS_FINISHED, "state" => job.state.as_str()).increment(1);
+    }
+}

@@ -1,0 +1,365 @@
+//! One upload in progress: chunks in, verification at the end, and exactly
+//! one way out — QUEUED on proof, or FAILED/CANCELLED with its spool removed
+//! and its queue place freed, whether the handler returns or is dropped.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{Accepted, Intake, QueuePlace, known_or_conflict, too_large};
+use crate::engine::{EngineError, blocking};
+use crate::error::IoError;
+use crate::store::Received;
+use crate::telemetry;
+use crate::types::{AckLevel, Digest, FailureKind, Job, JobId, JobState, SegmentRequest, Trailer};
+
+pub struct Upload {
+    intake: Arc<Intake>,
+    request: SegmentRequest,
+    mode: Mode,
+    sink: Option<Sink>,
+    received: u64,
+    finished: bool,
+    cancel: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+}
+
+pub(super) enum Mode {
+    /// A new job, spooled, holding its place on the shard's queue.
+    Spool { job: Job, place: QueuePlace },
+    /// The segment has an active job but its digest comes in the trailer:
+    /// hash the stream to tell a retry from a conflict, write nothing.
+    Compare { existing: Job },
+    /// The upload ended: queued, failed or cancelled.
+    Done,
+}
+
+/// What the bytes pass through on a blocking thread.
+pub(super) struct Sink {
+    hasher: Sha256,
+    checksum: Xxh3,
+    file: Option<File>,
+}
+
+impl Sink {
+    pub fn new(file: Option<File>) -> Sink {
+        Sink {
+            hasher: Sha256::new(),
+            checksum: Xxh3::new(),
+            file,
+        }
+    }
+
+    fn absorb(&mut self, data: &[u8]) -> Result<(), EngineError> {
+        self.hasher.update(data);
+        self.checksum.update(data);
+        if let Some(file) = &mut self.file {
+            file.write_all(data)
+                .map_err(IoError::with("writing spool file"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Upload {
+    pub(super) fn new(
+        intake: Arc<Intake>,
+        request: SegmentRequest,
+        mode: Mode,
+        sink: Sink,
+        cancel: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) -> Upload {
+        Upload {
+            intake,
+            request,
+            mode,
+            sink: Some(sink),
+            received: 0,
+            finished: false,
+            cancel,
+            _permit: permit,
+        }
+    }
+
+    /// The job being received; `None` when only comparing with an existing one.
+    pub fn job(&self) -> Option<&Job> {
+        match &self.mode {
+            Mode::Spool { job, .. } => Some(job),
+            Mode::Compare { .. } | Mode::Done => None,
+        }
+    }
+
+    /// Resolves when someone cancels the job (CancelJob).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    pub async fn write(&mut self, data: Bytes) -> Result<(), EngineError> {
+        if let Err(e) = self.check_limits(data.len()) {
+            return Err(self.fail(e).await);
+        }
+        self.received += data.len() as u64;
+        let Some(mut sink) = self.sink.take() else {
+            return Err(EngineError::Internal("upload already failed".into()));
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = sink.absorb(&data);
+            (sink, result)
+        })
+        .await;
+        match joined {
+            Ok((sink, Ok(()))) => {
+                self.sink = Some(sink);
+                Ok(())
+            }
+            Ok((sink, Err(e))) => {
+                // Close the spool file first: an unlinked file that is still
+                // open keeps its space, and a full disk needs that space back
+                // to record the failure.
+                drop(sink);
+                Err(self.fail(e).await)
+            }
+            Err(e) => Err(self
+                .fail(EngineError::Internal(format!("spool writer failed: {e}")))
+                .await),
+        }
+    }
+
+    fn check_limits(&self, chunk: usize) -> Result<(), EngineError> {
+        let limits = &self.intake.config;
+        if chunk > limits.max_chunk_size {
+            return Err(EngineError::Invalid(format!(
+                "data chunk of {chunk} bytes exceeds max_chunk_size ({} bytes)",
+                limits.max_chunk_size
+            )));
+        }
+        let total = self.received + chunk as u64;
+        if total > limits.max_segment_size {
+            return Err(too_large(total, limits.max_segment_size));
+        }
+        match self.request.size {
+            Some(declared) if total > declared => Err(EngineError::SizeMismatch {
+                declared,
+                received: total,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Verifies size and digest, makes the spool durable, commits QUEUED and
+    /// puts the job on its shard's queue.
+    pub async fn finish(mut self, trailer: Trailer) -> Result<Accepted, EngineError> {
+        let (sink, declared) = match self.verify(trailer) {
+            Ok(verified) => verified,
+            Err(e) => return Err(self.fail(e).await),
+        };
+        match &self.mode {
+            Mode::Compare { existing } => {
+                self.finished = true;
+                let existing = existing.clone();
+                let db = self.intake.db.clone();
+                let current =
+                    blocking(move || Ok(db.get(existing.id)?.unwrap_or(existing))).await?;
+                known_or_conflict(current, declared)
+            }
+            Mode::Done => Err(EngineError::Internal("upload already ended".into())),
+            Mode::Spool { job, .. } => {
+                let id = job.id;
+                let received = Received {
+                    size: self.received,
+                    sha256: declared,
+                    content_xxh3: sink.checksum.digest128(),
+                };
+                match self.commit(id, sink.file, received).await {
+                    Ok(Some(job)) => Ok(self.queue(job)),
+                    // Cancelled between the last chunk and the commit.
+                    Ok(None) => Err(self.fail(EngineError::Cancelled(id)).await),
+                    Err(e) => Err(self.fail(e).await),
+                }
+            }
+        }
+    }
+
+    /// Size and digest of what arrived against what the header and trailer
+    /// declared; the sink and the verified digest.
+    fn verify(&mut self, trailer: Trailer) -> Result<(Sink, Digest), EngineError> {
+        let size = merge("size", self.request.size, trailer.size)?;
+        let declared = merge("SHA-256", self.request.sha256, trailer.sha256)?
+            .ok_or(EngineError::MissingDigest)?;
+        if let Some(declared) = size
+            && declared != self.received
+        {
+            return Err(EngineError::SizeMismatch {
+                declared,
+                received: self.received,
+            });
+        }
+        let mut sink = self
+            .sink
+            .take()
+            .ok_or_else(|| EngineError::Internal("upload already failed".into()))?;
+        let received = Digest(sink.hasher.finalize_reset().into());
+        if received != declared {
+            return Err(EngineError::DigestMismatch { declared, received });
+        }
+        Ok((sink, declared))
+    }
+
+    async fn commit(
+        &self,
+        id: JobId,
+        file: Option<File>,
+        received: Received,
+    ) -> Result<Option<Job>, EngineError> {
+        let intake = self.intake.clone();
+        let durable = self.request.ack == AckLevel::Queued;
+        blocking(move || {
+            if let Some(file) = file {
+                // Ack ARCHIVED needs no durable spool: nothing is promised until
+                // the archive is durable, and a spool torn by a crash fails
+                // its checksum when the job is resumed.
+                if durable {
+                    intake.spool.persist(&file)?;
+                }
+            }
+            Ok(intake.db.mark_queued(id, &received)?)
+        })
+        .await
+    }
+
+    /// The job is QUEUED: it takes its place on the queue.
+    fn queue(mut self, job: Job) -> Accepted {
+        metrics::counter!(telemetry::RECEIVED_BYTES).increment(self.received);
+        self.finished = true;
+        self.intake.receiving.forget(job.id);
+        if let Mode::Spool { place, .. } = std::mem::replace(&mut self.mode, Mode::Done) {
+            place.enqueue(job.id);
+        }
+        self.intake.events.emit(&job);
+        Accepted {
+            job,
+            deduplicated: false,
+        }
+    }
+
+    /// Ends the upload because of a protocol error or a broken stream.
+    pub async fn abort(mut self, err: EngineError) -> EngineError {
+        self.fail(err).await
+    }
+
+    /// Records the job FAILED (CANCELLED for a cancel), removes its spool file
+    /// and frees its place on the queue. Returns `err` for the caller to send.
+    async fn fail(&mut self, err: EngineError) -> EngineError {
+        if self.finished {
+            return err;
+        }
+        self.finished = true;
+        self.sink = None;
+        if let Some(abandoned) = self.abandoned() {
+            let outcome = match &err {
+                EngineError::Cancelled(_) => None,
+                other => Some((other.failure_kind(), other.to_string())),
+            };
+            let id = abandoned.id;
+            if let Err(e) = blocking(move || abandoned.record(outcome)).await {
+                tracing::error!(job_id = id.0, error = %e, "could not record a failed upload");
+            }
+        }
+        err
+    }
+
+    /// Takes what is needed to end a spooled job, leaving the upload inert.
+    fn abandoned(&mut self) -> Option<Abandoned> {
+        match std::mem::replace(&mut self.mode, Mode::Done) {
+            Mode::Spool { job, place } => {
+                self.intake.receiving.forget(job.id);
+                Some(Abandoned {
+                    intake: self.intake.clone(),
+                    id: job.id,
+                    place,
+                })
+            }
+            other => {
+                self.mode = other;
+                None
+            }
+        }
+    }
+}
+
+/// A RECEIVING job that will not be completed.
+struct Abandoned {
+    intake: Arc<Intake>,
+    id: JobId,
+    place: QueuePlace,
+}
+
+impl Abandoned {
+    /// FAILED with `failure`, or CANCELLED when it is `None`.
+    fn record(self, failure: Option<(FailureKind, String)>) -> Result<(), EngineError> {
+        let Abandoned { intake, id, place } = self;
+        drop(place);
+        // The spool goes first: when the disk is full, its space is what lets
+        // the jobs database record the failure.
+        let removed = intake.spool.remove(id);
+        let job = match failure {
+            Some((kind, reason)) => intake.db.fail(id, &[JobState::Receiving], kind, &reason),
+            None => intake.db.transition(
+                id,
+                &[JobState::Receiving],
+                JobState::Cancelled,
+                "cancelled by request",
+            ),
+        };
+        if let Some(job) = job? {
+            intake.events.emit(&job);
+        }
+        Ok(removed?)
+    }
+}
+
+impl Drop for Upload {
+    /// A handler dropped mid-upload (the client went away): the job fails.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.sink = None;
+        let Some(abandoned) = self.abandoned() else {
+            return;
+        };
+        let cleanup = move || {
+            let id = abandoned.id;
+            let reason = "interrupted: the client went away before the segment was complete";
+            if let Err(e) = abandoned.record(Some((FailureKind::Interrupted, reason.to_owned()))) {
+                tracing::error!(job_id = id.0, error = %e, "could not record an abandoned upload");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(cleanup)),
+            Err(_) => cleanup(),
+        }
+    }
+}
+
+fn merge<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    header: Option<T>,
+    trailer: Option<T>,
+) -> Result<Option<T>, EngineError> {
+    match (header, trailer) {
+        (Some(h), Some(t)) if h != t => Err(EngineError::Invalid(format!(
+            "header and trailer disagree on the {what}: {h:?} vs {t:?}"
+        ))),
+        (Some(h), _) => Ok(Some(h)),
+        (None, t) => Ok(t),
+    }
+}

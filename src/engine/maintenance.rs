@@ -1,0 +1,138 @@
+//! Looking after archives once they exist: `verify` re-reads them and checks
+//! every SHA-256; retention removes old ones, but never an archive above its
+//! shard's watermark, whose WAL the shard may still need.
+
+use std::sync::Arc;
+
+use super::EngineError;
+use crate::archive::ArchiveReader;
+use crate::store::{ArchiveKey, ArchiveStore, JobDb};
+use crate::telemetry;
+use crate::types::{Job, LogIdGap, ShardId, VerifyProblem, VerifyReport, now_unix_ms};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+pub(super) struct Maintenance {
+    pub db: Arc<JobDb>,
+    pub store: Arc<dyn ArchiveStore>,
+    pub retain_days: u64,
+    pub retain_count: u64,
+}
+
+impl Maintenance {
+    pub fn verify(&self, only: Option<ShardId>) -> Result<VerifyReport, EngineError> {
+        let shards = match only {
+            Some(shard) => vec![shard],
+            None => self.db.shard_ids()?,
+        };
+        let mut report = VerifyReport::default();
+        for shard_id in shards {
+            let jobs = self.db.archived_jobs(shard_id)?;
+            for pair in jobs.windows(2) {
+                if pair[1].log_id > pair[0].log_id + 1 {
+                    report.gaps.push(LogIdGap {
+                        shard_id,
+                        first_missing: pair[0].log_id + 1,
+                        last_missing: pair[1].log_id - 1,
+                    });
+                }
+            }
+            for job in jobs.iter().filter(|job| job.expired_unix_ms.is_none()) {
+                match self.check_archive(job) {
+                    Ok(bytes) => {
+                        report.archives_checked += 1;
+                        report.bytes_checked += bytes;
+                    }
+                    Err(problem) => report.problems.push(VerifyProblem {
+                        shard_id,
+                        log_id: job.log_id,
+                        job_id: job.id,
+                        problem,
+                    }),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Decodes the whole archive; the original size when it is intact.
+    fn check_archive(&self, job: &Job) -> Result<u64, String> {
+        let key = ArchiveKey {
+            shard_id: job.shard_id,
+            log_id: job.log_id,
+        };
+        let input = self
+            .store
+            .open(key)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("archive missing at {}", self.store.location(key)))?;
+        let mut reader = ArchiveReader::open(input).map_err(|e| e.to_string())?;
+        let expected = job.sha256.map(|d| d.to_hex()).unwrap_or_default();
+        if reader.header().sha256 != expected {
+            return Err(format!(
+                "archive holds SHA-256 {} but the job recorded {expected}",
+                reader.header().sha256
+            ));
+        }
+        reader
+            .copy_to(&mut std::io::sink())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes archives that both rules let go: older than `retain_days` (when
+    /// set) and not among the newest `retain_count` of their shard (when set).
+    /// Returns how many were removed.
+    pub fn apply_retention(&self) -> Result<usize, EngineError> {
+        let (days, count) = (self.retain_days, self.retain_count);
+        if days == 0 && count == 0 {
+            return Ok(0);
+        }
+        let now = now_unix_ms();
+        let mut removed = 0;
+        for shard_id in self.db.shard_ids()? {
+            let Some(watermark) = self
+                .db
+                .shard_status(shard_id)?
+                .and_then(|s| s.archived_watermark)
+            else {
+                continue;
+            };
+            let jobs = self.db.archived_jobs(shard_id)?;
+            let live: Vec<&Job> = jobs
+                .iter()
+                .filter(|job| job.expired_unix_ms.is_none())
+                .collect();
+            for (rank_from_newest, job) in live.iter().rev().enumerate() {
+                let kept_by_count = count > 0 && (rank_from_newest as u64) < count;
+                let kept_by_age = days > 0 && now - job.updated_unix_ms < days as i64 * DAY_MS;
+                if kept_by_count || kept_by_age || job.log_id > watermark {
+                    continue;
+                }
+                let key = ArchiveKey {
+                    shard_id,
+                    log_id: job.log_id,
+                };
+                // Recorded first: a crash in between leaves a stray file, never a
+                // job that claims an archive it no longer has.
+                self.db.mark_expired(job.id)?;
+                self.store.remove(key)?;
+                removed += 1;
+                metrics::counter!(telemetry::RETENTION_DELETED).increment(1);
+                tracing::info!(
+                    shard_id,
+                    log_id = job.log_id,
+                    job_id = job.id.0,
+                    "retention removed archive"
+                );
+            }
+            // Finish removals a crash interrupted.
+            for job in jobs.iter().filter(|job| job.expired_unix_ms.is_some()) {
+                self.store.remove(ArchiveKey {
+                    shard_id,
+                    log_id: job.log_id,
+                })?;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,257 @@
+//! The archiving engine: the `Archiver` the gRPC layer calls. Nothing here
+//! knows about protobuf.
+//!
+//! Each step of a segment's life has its own part, holding only the handles
+//! it needs:
+//! - `ingest`: a push is recorded RECEIVING with a place on its shard's
+//!   queue; its bytes are spooled and hashed; once size and SHA-256 match, the
+//!   spool is made durable, the job committed QUEUED and queued;
+//! - `compress`: a worker of the `queue` pool streams the spool through the
+//!   JSON-lines check and the zstd encoder into the archive store, and
+//!   commits ARCHIVED;
+//! - `jobs`: reading, watching and cancelling jobs; `restore`: the original
+//!   bytes back, verified; `maintenance`: verify and retention; `recovery`:
+//!   what a start does with what the last run left; `gauges`: metrics.
+
+mod compress;
+mod disk;
+mod error;
+mod events;
+mod gauges;
+mod ingest;
+mod jobs;
+mod maintenance;
+mod recovery;
+mod restore;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::Semaphore;
+
+pub use error::EngineError;
+pub use gauges::Gauges;
+pub use ingest::{Accepted, Begin, Upload};
+pub use recovery::RecoveryReport;
+
+use crate::config::Config;
+use crate::error::IoError;
+use crate::queue::{Interrupt, Scheduler, WorkerPool};
+use crate::store::{ArchiveKey, ArchiveStore, JobDb, Spool};
+use crate::types::{
+    Job, JobFilter, JobId, LogId, SegmentRequest, ShardId, ShardStatus, VerifyReport,
+};
+use compress::Compressor;
+use events::Events;
+use ingest::{Intake, Receiving};
+use jobs::Jobs;
+use maintenance::Maintenance;
+use restore::Restorer;
+
+/// Cheap to clone; every clone drives the same engine.
+#[derive(Clone)]
+pub struct Archiver {
+    parts: Arc<Parts>,
+}
+
+struct Parts {
+    config: Arc<Config>,
+    intake: Arc<Intake>,
+    jobs: Jobs,
+    restorer: Restorer,
+    maintenance: Arc<Maintenance>,
+    gauges: gauges::Reader,
+    store: Arc<dyn ArchiveStore>,
+    scheduler: Arc<Scheduler>,
+    draining: Arc<AtomicBool>,
+    pool: WorkerPool,
+}
+
+impl Archiver {
+    /// Opens (or creates) the data dir, recovers what a previous run left
+    /// with `store` holding the archives, and starts the workers.
+    pub fn open(
+        config: Config,
+        store: Arc<dyn ArchiveStore>,
+    ) -> Result<(Archiver, RecoveryReport), EngineError> {
+        let config = Arc::new(config);
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .map_err(IoError::with(format!("creating {}", data_dir.display())))?;
+        let db = Arc::new(JobDb::open(&data_dir.join("jobs.db"))?);
+        let spool = Arc::new(Spool::open(data_dir.join("spool"))?);
+        let scheduler = Arc::new(Scheduler::new(config.archive_queue_size));
+        let events = Events::new();
+        let draining = Arc::new(AtomicBool::new(false));
+        let receiving = Arc::new(Receiving::default());
+
+        let report = recovery::recover(&db, &spool, store.as_ref(), &scheduler)?;
+        let compressor = Arc::new(Compressor {
+            config: config.clone(),
+            db: db.clone(),
+            spool: spool.clone(),
+            store: store.clone(),
+            events: events.clone(),
+        });
+        let pool = WorkerPool::start(
+            config.workers(),
+            config.worker_nice,
+            scheduler.clone(),
+            Arc::new(move |task| compressor.run(task)),
+        )
+        .map_err(IoError::with("starting archive workers"))?;
+        let parts = Parts {
+            intake: Arc::new(Intake {
+                config: config.clone(),
+                db: db.clone(),
+                spool: spool.clone(),
+                scheduler: scheduler.clone(),
+                events: events.clone(),
+                uploads: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+                receiving: receiving.clone(),
+                draining: draining.clone(),
+            }),
+            jobs: Jobs {
+                db: db.clone(),
+                spool: spool.clone(),
+                scheduler: scheduler.clone(),
+                events,
+                receiving,
+            },
+            restorer: Restorer {
+                db: db.clone(),
+                store: store.clone(),
+                chunk_size: config.max_chunk_size,
+            },
+            maintenance: Arc::new(Maintenance {
+                db: db.clone(),
+                store: store.clone(),
+                retain_days: config.retain_days,
+                retain_count: config.retain_count,
+            }),
+            gauges: gauges::Reader { db, spool },
+            store,
+            scheduler,
+            draining,
+            pool,
+            config,
+        };
+        Ok((
+            Archiver {
+                parts: Arc::new(parts),
+            },
+            report,
+        ))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.parts.config
+    }
+
+    pub fn archive_location(&self, shard_id: ShardId, log_id: LogId) -> String {
+        self.parts.store.location(ArchiveKey { shard_id, log_id })
+    }
+
+    /// Starts taking a segment in. See `Begin`.
+    pub async fn begin(&self, request: SegmentRequest) -> Result<Begin, EngineError> {
+        ingest::begin(self.parts.intake.clone(), request).await
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<Job, EngineError> {
+        self.parts.jobs.get(id).await
+    }
+
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, EngineError> {
+        self.parts.jobs.list(filter).await
+    }
+
+    pub async fn shard(&self, shard_id: ShardId) -> Result<ShardStatus, EngineError> {
+        self.parts.jobs.shard(shard_id).await
+    }
+
+    /// Every state of a job from now on: its current state first, then each
+    /// change, ending after a terminal state.
+    pub fn watch(
+        &self,
+        id: JobId,
+    ) -> impl Stream<Item = Result<Job, EngineError>> + Send + 'static {
+        self.parts.jobs.watch(id)
+    }
+
+    /// Waits until the job reaches a terminal state.
+    pub async fn wait_terminal(&self, id: JobId) -> Result<Job, EngineError> {
+        self.parts.jobs.wait_terminal(id).await
+    }
+
+    /// Cancels a receiving, queued or compressing job.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
+        self.parts.jobs.cancel(id).await
+    }
+
+    /// Streams a segment's original bytes, verified against its job; the last
+    /// chunk is only sent once the whole segment is proven.
+    pub async fn restore(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+    ) -> Result<impl Stream<Item = Result<Bytes, EngineError>> + Send + 'static, EngineError> {
+        self.parts.restorer.restore(shard_id, log_id).await
+    }
+
+    /// Re-reads archives (of one shard or all) and checks them.
+    pub async fn verify(&self, shard: Option<ShardId>) -> Result<VerifyReport, EngineError> {
+        let maintenance = self.parts.maintenance.clone();
+        blocking(move || maintenance.verify(shard)).await
+    }
+
+    /// Applies `retain_days` / `retain_count`; returns how many archives went.
+    pub async fn apply_retention(&self) -> Result<usize, EngineError> {
+        let maintenance = self.parts.maintenance.clone();
+        blocking(move || maintenance.apply_retention()).await
+    }
+
+    /// What the metrics gauges show.
+    pub async fn gauges(&self) -> Result<Gauges, EngineError> {
+        let reader = self.parts.gauges.clone();
+        blocking(move || reader.read()).await
+    }
+
+    /// Stops taking pushes (they get UNAVAILABLE); receiving streams may finish.
+    pub fn start_draining(&self) {
+        self.parts.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.parts.draining.load(Ordering::SeqCst)
+    }
+
+    /// Lets running compressions finish within `grace`, then interrupts them;
+    /// their jobs, like every queued one, stay QUEUED for the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.start_draining();
+        self.parts.scheduler.close();
+        let parts = self.parts.clone();
+        let join = tokio::task::spawn_blocking(move || parts.pool.join());
+        tokio::pin!(join);
+        if tokio::time::timeout(grace, &mut join).await.is_err() {
+            tracing::warn!(
+                running = self.parts.scheduler.running_count(),
+                "shutdown grace over: interrupting running compressions, their jobs stay queued"
+            );
+            self.parts.scheduler.interrupt_all(Interrupt::Shutdown);
+            let _ = join.await;
+        }
+    }
+}
+
+/// Runs a blocking closure (database, filesystem) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("blocking task failed: {e}")))?
+}
