@@ -543,13 +543,17 @@ class LossyFS(pyfuse3.Operations):
             status = "applied"
         line = f"{n}\t{kind}\t{escape(self._path(i))}\t{i.size()}\t{call}\t{status}\n"
         os.write(self.log_fd, line.encode())
-        if status == "applied":
-            if kind == "file":
-                self.store.put_file(i)
-            else:
-                self.store.put_dir(i, self.inodes)
-        if n == self.freeze_at:
-            self._freeze(n, kind, i)
+        try:
+            if status == "applied":
+                if kind == "file":
+                    self.store.put_file(i)
+                else:
+                    self.store.put_dir(i, self.inodes)
+        finally:
+            # Freeze even if applying failed (say, BACKING is full): a test
+            # waiting for the marker must not wait forever.
+            if n == self.freeze_at:
+                self._freeze(n, kind, i)
         if self.frozen:
             # Never answer: the caller must not learn whether op N happened.
             await trio.sleep_forever()
