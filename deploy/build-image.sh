@@ -16,6 +16,8 @@
 # --base registry (or WAL_ARCHIVER_IMAGE_BASE=registry)
 #   deploy/Dockerfile with the tracked files of the repository as context (not target/).
 #
+# --garage: also build wal-archiver-garage:local (Garage for compose's s3 profile) on the
+#   local base, from ../shared/tools/garage-2.5.0-x86_64-linux.zst (or GARAGE_ZST).
 # Other options: --tag NAME (default wal-archiver:local), --binary PATH (local only),
 # --rebuild-base, --max-mb N (default 100: the build fails above it).
 # Needs root for debootstrap (the base step only) and a Docker engine.
@@ -26,6 +28,8 @@ base_kind="${WAL_ARCHIVER_IMAGE_BASE:-local}"
 tag="wal-archiver:local"
 binary=""
 rebuild_base=false
+garage=false
+garage_zst="${GARAGE_ZST:-$root/../shared/tools/garage-2.5.0-x86_64-linux.zst}"
 max_mb=100
 base_tag="wal-archiver-base:bookworm"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -37,6 +41,7 @@ while [ $# -gt 0 ]; do
     --tag) tag="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
     --rebuild-base) rebuild_base=true; shift ;;
+    --garage) garage=true; shift ;;
     --max-mb) max_mb="$2"; shift 2 ;;
     -h | --help) usage ;;
     *) echo "unknown argument: $1" >&2; usage 2 >&2 ;;
@@ -100,6 +105,26 @@ build_local() {
     trap - EXIT
 }
 
+build_garage() {
+    build_base
+    [ -f "$garage_zst" ] || { echo "no Garage binary at $garage_zst (set GARAGE_ZST)" >&2; exit 1; }
+    command -v zstd >/dev/null 2>&1 || { echo "zstd is needed to unpack $garage_zst" >&2; exit 1; }
+    local ctx
+    ctx="$(mktemp -d)"
+    # shellcheck disable=SC2064
+    trap "rm -rf '$ctx'" EXIT
+    zstd -q -d -c "$garage_zst" >"$ctx/garage.full"
+    strip --strip-debug -o "$ctx/garage" "$ctx/garage.full"
+    rm "$ctx/garage.full"
+    cp "$root/deploy/image/rootfs.sh" "$root"/deploy/garage/{garage.toml,setup.sh} "$ctx/"
+    step "docker build -f deploy/garage/Dockerfile (Garage from $garage_zst)"
+    docker build -q -f "$root/deploy/garage/Dockerfile" --build-arg "BASE=$base_tag" \
+        -t wal-archiver-garage:local "$ctx" >/dev/null
+    rm -rf "$ctx"
+    trap - EXIT
+    step "image wal-archiver-garage:local: $(($(docker image inspect -f '{{.Size}}' wal-archiver-garage:local) / 1000 / 1000)) MB"
+}
+
 build_registry() {
     step "docker build -f deploy/Dockerfile (tracked files as context)"
     # The legacy builder reads only a .dockerignore at the context root: send the
@@ -123,3 +148,4 @@ if [ "$mb" -ge "$max_mb" ]; then
     exit 1
 fi
 docker run --rm --entrypoint wal-archiver "$tag" --version >&2
+if $garage; then build_garage; fi
