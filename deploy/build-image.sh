@@ -18,15 +18,15 @@
 #
 # --garage: also build wal-archiver-garage:local (Garage for compose's s3 profile) on the
 #   local base, from ../shared/tools/garage-2.5.0-x86_64-linux.zst (or GARAGE_ZST).
-# Other options: --tag NAME (default wal-archiver:local), --binary PATH (local only),
-# --rebuild-base, --max-mb N (default 100: the build fails above it).
+# Other options: --tag NAME (default wal-archiver:local), --binary PATH (local only;
+# or WAL_ARCHIVER_BINARY), --rebuild-base, --max-mb N (default 100: fails above it).
 # Needs root for debootstrap (the base step only) and a Docker engine.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 base_kind="${WAL_ARCHIVER_IMAGE_BASE:-local}"
 tag="wal-archiver:local"
-binary=""
+binary="${WAL_ARCHIVER_BINARY:-}"
 rebuild_base=false
 garage=false
 garage_zst="${GARAGE_ZST:-$root/../shared/tools/garage-2.5.0-x86_64-linux.zst}"
@@ -34,7 +34,7 @@ max_mb=100
 base_tag="wal-archiver-base:bookworm"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --base) base_kind="$2"; shift 2 ;;
