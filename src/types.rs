@@ -223,6 +223,8 @@ pub enum FailureKind {
     Internal,
     /// The upload or the service stopped before the segment was complete.
     Interrupted,
+    /// An archive of other bytes stands under the segment's key.
+    Conflict,
 }
 
 impl FailureKind {
@@ -233,6 +235,7 @@ impl FailureKind {
             FailureKind::NoSpace => "no_space",
             FailureKind::Internal => "internal",
             FailureKind::Interrupted => "interrupted",
+            FailureKind::Conflict => "conflict",
         }
     }
 }
@@ -246,6 +249,7 @@ impl FailureKind {
             FailureKind::NoSpace => ErrorKind::ResourceExhausted,
             FailureKind::Interrupted => ErrorKind::Aborted,
             FailureKind::Internal => ErrorKind::Internal,
+            FailureKind::Conflict => ErrorKind::AlreadyExists,
         }
     }
 }
@@ -259,6 +263,7 @@ impl FromStr for FailureKind {
             FailureKind::NoSpace,
             FailureKind::Internal,
             FailureKind::Interrupted,
+            FailureKind::Conflict,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == s)

@@ -702,3 +702,38 @@ async fn disk_full_mid_write_fails_the_job_and_serving_goes_on() {
     push(&mut rpc, archived, &data).await.unwrap();
     assert_eq!(zstd_decode(&server.archive_path(2, 1)), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_of_other_bytes_under_the_key_is_never_overwritten() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let original = json_segment(1, 50_000);
+    let mut first = header(1, 1, &original);
+    first.ack = proto::AckLevel::Archived as i32;
+    push(&mut rpc, first, &original).await.unwrap();
+    // Someone plants log_id 1's archive where log_id 2's belongs (another
+    // replica claiming the shard, a hand copy).
+    let planted = server.archive_path(1, 2);
+    std::fs::copy(server.archive_path(1, 1), &planted).unwrap();
+
+    let other = json_segment(2, 50_000);
+    let mut second = header(1, 2, &other);
+    second.ack = proto::AckLevel::Archived as i32;
+    let refused = push(&mut rpc, second, &other).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("shard 1 log_id 2 was already pushed with SHA-256")
+            && refused
+                .message()
+                .contains(&wal_archiver::types::Digest::of(&other).to_hex()),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        std::fs::read(&planted).unwrap(),
+        std::fs::read(server.archive_path(1, 1)).unwrap(),
+        "the planted archive is left as it was"
+    );
+}

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use super::EngineError;
 use super::events::Events;
 use crate::archive::{
-    ArchiveError, ArchiveHeader, ArchiveWriter, FORMAT_VERSION, JsonLinesChecker,
+    ArchiveError, ArchiveHeader, ArchiveReader, ArchiveWriter, FORMAT_VERSION, JsonLinesChecker,
 };
 use crate::config::Config;
 use crate::error::IoError;
 use crate::queue::{Interrupt, Task};
-use crate::store::{ArchiveKey, ArchiveMeta, ArchiveStore, JobDb, Spool};
+use crate::store::{ArchiveKey, ArchiveMeta, ArchiveStore, JobDb, Spool, StoreError};
 use crate::telemetry;
-use crate::types::{ContentKind, Job, JobState, JsonStats, now_unix_ms};
+use crate::types::{ContentKind, Digest, Job, JobState, JsonStats, now_unix_ms};
 
 /// Spool bytes read per step: large enough to amortize syscalls, small enough
 /// that a cancel or shutdown is noticed within milliseconds.
@@ -142,7 +142,16 @@ impl Compressor {
             shard_id: job.shard_id,
             log_id: job.log_id,
         };
-        let pending = self.store.create(key).map_err(EngineError::from)?;
+        refuse_foreign(self.store.as_ref(), key, sha)?;
+        let meta = ArchiveMeta {
+            key,
+            size,
+            sha256: sha,
+        };
+        let pending = self
+            .store
+            .create(key, Some(&meta))
+            .map_err(EngineError::from)?;
         let mut writer = ArchiveWriter::new(pending, header, content_xxh3, zstd_workers)
             .map_err(EngineError::from)?;
         let mut checker = (job.kind == ContentKind::JsonLines)
@@ -180,11 +189,57 @@ impl Compressor {
             size,
             sha256: sha,
         };
-        written.sink.commit(&meta).map_err(EngineError::from)?;
+        match written.sink.commit(&meta) {
+            // A create-only write lost a race: fine if the winner holds the same bytes.
+            Ok(()) | Err(StoreError::Exists { .. }) => {}
+            Err(e) => return Err(EngineError::from(e).into()),
+        }
+        // Whoever wrote last under this key must have written this segment.
+        refuse_foreign(self.store.as_ref(), key, sha)?;
         Ok(Written {
             archive_size: written.archive_size,
             json,
         })
+    }
+}
+
+/// The SHA-256 of the segment whose archive stands under `key`: from the
+/// store's metadata if it keeps it, else from the archive's header frame.
+/// `None` when there is no archive, or one too damaged to say.
+pub(super) fn existing_digest(
+    store: &dyn ArchiveStore,
+    key: ArchiveKey,
+) -> Result<Option<Digest>, EngineError> {
+    let Some(info) = store.stat(key)? else {
+        return Ok(None);
+    };
+    if info.sha256.is_some() {
+        return Ok(info.sha256);
+    }
+    let Some(input) = store.open(key)? else {
+        return Ok(None);
+    };
+    Ok(ArchiveReader::open(input)
+        .ok()
+        .and_then(|reader| reader.header().digest().ok()))
+}
+
+/// Refuses to write over, or accept, an archive of other bytes under `key`
+/// (another replica claiming the shard, a planted object). A damaged archive
+/// of this segment may be replaced: that is how a re-push repairs it.
+fn refuse_foreign(
+    store: &dyn ArchiveStore,
+    key: ArchiveKey,
+    ours: Digest,
+) -> Result<(), EngineError> {
+    match existing_digest(store, key)? {
+        Some(existing) if existing != ours => Err(EngineError::Conflict {
+            shard_id: key.shard_id,
+            log_id: key.log_id,
+            existing,
+            pushed: ours,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -139,6 +139,7 @@ impl EngineError {
             | EngineError::SizeMismatch { .. }
             | EngineError::DigestMismatch { .. }
             | EngineError::MissingDigest => FailureKind::InvalidData,
+            EngineError::Conflict { .. } => FailureKind::Conflict,
             EngineError::SpoolDamaged(_)
             | EngineError::Archive(
                 ArchiveError::ContentMismatch { .. } | ArchiveError::SizeMismatch { .. },

@@ -6,8 +6,11 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ArchiveKey, ArchiveMeta, ArchiveStore, PendingArchive, StoreError, sync_dir};
+use super::{
+    ArchiveKey, ArchiveMeta, ArchiveStore, ObjectInfo, PendingArchive, StoreError, sync_dir,
+};
 use crate::error::IoError;
+use crate::types::ShardId;
 
 const TEMP_PREFIX: &str = ".tmp-";
 pub const ARCHIVE_SUFFIX: &str = ".wal.zst";
@@ -34,7 +37,11 @@ impl LocalStore {
 }
 
 impl ArchiveStore for LocalStore {
-    fn create(&self, key: ArchiveKey) -> Result<Box<dyn PendingArchive>, StoreError> {
+    fn create(
+        &self,
+        key: ArchiveKey,
+        _known: Option<&ArchiveMeta>,
+    ) -> Result<Box<dyn PendingArchive>, StoreError> {
         let dir = self.shard_dir(key);
         if !dir.exists() {
             fs::create_dir_all(&dir)
@@ -67,6 +74,43 @@ impl ArchiveStore for LocalStore {
         }
     }
 
+    fn stat(&self, key: ArchiveKey) -> Result<Option<ObjectInfo>, StoreError> {
+        let path = self.path(key);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(ObjectInfo {
+                size: meta.len(),
+                sha256: None,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IoError::new(format!("reading {}", path.display()), e).into()),
+        }
+    }
+
+    fn list(&self, shard: Option<ShardId>) -> Result<Vec<ArchiveKey>, StoreError> {
+        let mut keys = Vec::new();
+        for shard_dir in list_dir(&self.root)? {
+            let Some(shard_id) = shard_dir
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_prefix("shard-")?.parse::<ShardId>().ok())
+            else {
+                continue;
+            };
+            if shard.is_some_and(|only| only != shard_id) {
+                continue;
+            }
+            for file in list_dir(&shard_dir)? {
+                let log_id = file
+                    .file_name()
+                    .and_then(|n| n.to_str()?.strip_suffix(ARCHIVE_SUFFIX)?.parse().ok());
+                if let Some(log_id) = log_id {
+                    keys.push(ArchiveKey { shard_id, log_id });
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     fn remove(&self, key: ArchiveKey) -> Result<bool, StoreError> {
         let path = self.path(key);
         match fs::remove_file(&path) {
@@ -95,6 +139,11 @@ impl ArchiveStore for LocalStore {
     fn location(&self, key: ArchiveKey) -> String {
         self.path(key).display().to_string()
     }
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let entries = fs::read_dir(dir).map_err(IoError::with(format!("listing {}", dir.display())))?;
+    Ok(entries.flatten().map(|entry| entry.path()).collect())
 }
 
 fn remove_prefixed(dir: &Path, prefix: &str) -> Result<usize, StoreError> {

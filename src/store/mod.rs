@@ -27,13 +27,27 @@ pub enum StoreError {
     Io(#[from] IoError),
     #[error("jobs database holds an invalid row: {0}")]
     Corrupt(String),
+    /// The store refused to create an object that exists (a conditional
+    /// create); the engine then checks whose it is.
+    #[error("{location} exists already")]
+    Exists { location: String },
+    /// A fault that passes: throttling, a 5xx, a reset connection, a timeout.
+    #[error("archive store unavailable: {0}")]
+    Unavailable(String),
+    /// Any other refusal by the archive store (permissions, a bad bucket).
+    #[error("archive store: {0}")]
+    Backend(String),
 }
 
 impl Classified for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Io(e) => e.kind(),
-            StoreError::Db(_) | StoreError::Corrupt(_) => ErrorKind::Internal,
+            StoreError::Exists { .. } => ErrorKind::AlreadyExists,
+            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Backend(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -67,6 +81,16 @@ pub struct ArchiveMeta {
     pub sha256: Digest,
 }
 
+/// What a store knows about an archive without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Size of the archive itself.
+    pub size: u64,
+    /// The segment's SHA-256, where the store keeps it beside the bytes
+    /// (object metadata); `None` means: read the archive's header to know.
+    pub sha256: Option<Digest>,
+}
+
 /// An archive being written. Dropping it without `commit` discards it: no
 /// partial archive is ever visible under its final name.
 pub trait PendingArchive: Write + Send {
@@ -75,10 +99,27 @@ pub trait PendingArchive: Write + Send {
 }
 
 /// Archive storage. Workers call it from their own threads, so it is blocking.
+///
+/// A store never decides whose archive may stand under a key: the engine
+/// checks an existing archive's identity (`stat`, else its header) before it
+/// writes, so that an archive of other bytes is never overwritten.
 pub trait ArchiveStore: Send + Sync + 'static {
-    fn create(&self, key: ArchiveKey) -> Result<Box<dyn PendingArchive>, StoreError>;
+    /// Starts writing `key`'s archive. `known` is its identity when it is known
+    /// before the bytes (a store that writes metadata first, as a multipart
+    /// upload does, needs it then); `commit` always gets it. `commit` may
+    /// answer `Exists` when the store honours create-only writes and someone
+    /// got there first.
+    fn create(
+        &self,
+        key: ArchiveKey,
+        known: Option<&ArchiveMeta>,
+    ) -> Result<Box<dyn PendingArchive>, StoreError>;
     /// Streams an archive; `None` when there is none.
     fn open(&self, key: ArchiveKey) -> Result<Option<Box<dyn Read + Send>>, StoreError>;
+    /// Size (and digest, where kept) of an archive; `None` when there is none.
+    fn stat(&self, key: ArchiveKey) -> Result<Option<ObjectInfo>, StoreError>;
+    /// Every archive of one shard, or of all shards, in key order.
+    fn list(&self, shard: Option<ShardId>) -> Result<Vec<ArchiveKey>, StoreError>;
     fn remove(&self, key: ArchiveKey) -> Result<bool, StoreError>;
     /// Removes what crashed writers left behind; returns how many.
     fn clean_up(&self) -> Result<usize, StoreError>;
