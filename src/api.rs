@@ -160,6 +160,7 @@ impl From<Job> for proto::Job {
             first_timestamp: job.json.and_then(|j| j.first_timestamp),
             last_timestamp: job.json.and_then(|j| j.last_timestamp),
             expired_unix_ms: job.expired_unix_ms.unwrap_or(0),
+            attempts: job.attempts,
         }
     }
 }
@@ -187,6 +188,7 @@ impl From<&proto::Job> for Job {
                 last_timestamp: job.last_timestamp,
             }),
             expired_unix_ms: (job.expired_unix_ms > 0).then_some(job.expired_unix_ms),
+            attempts: job.attempts,
             content_xxh3: None,
             created_unix_ms: job.created_unix_ms,
             updated_unix_ms: job.updated_unix_ms,

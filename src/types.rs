@@ -11,6 +11,11 @@ use crate::error::ErrorKind;
 pub type ShardId = u32;
 pub type LogId = u64;
 
+/// log_ids at or above this are side files (PostgreSQL's history files and
+/// backup labels, say): archived like any segment, but not part of the
+/// ordered sequence a shard's watermark describes.
+pub const SIDE_FILE_LOG_ID: LogId = 1 << 62;
+
 /// A job's number. A type of its own because job ids and log_ids are both
 /// u64 and are easy to swap by mistake.
 #[derive(
@@ -334,6 +339,9 @@ pub struct Job {
     pub json: Option<JsonStats>,
     /// When retention removed the archive; the job stays ARCHIVED.
     pub expired_unix_ms: Option<i64>,
+    /// How many times compression was put off by a failure that passes
+    /// (a full disk, the object store down); the reason says the last one.
+    pub attempts: u32,
     /// XXH3-128 of the segment as received; the worker checks the spool against it.
     #[serde(skip)]
     pub content_xxh3: Option<u128>,

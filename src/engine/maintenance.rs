@@ -11,6 +11,8 @@ use crate::telemetry;
 use crate::types::{Job, LogIdGap, ShardId, VerifyProblem, VerifyReport, now_unix_ms};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Archives looked at per query of a retention pass.
+const RETENTION_BATCH: usize = 500;
 
 pub(super) struct Maintenance {
     pub db: Arc<JobDb>,
@@ -87,9 +89,13 @@ impl Maintenance {
         if days == 0 && count == 0 {
             return Ok(0);
         }
-        let now = now_unix_ms();
+        let cutoff = (days > 0).then(|| now_unix_ms() - days as i64 * DAY_MS);
         let mut removed = 0;
         for shard_id in self.db.shard_ids()? {
+            // Finish removals a crash interrupted.
+            for job in self.db.unfinished_removals(shard_id)? {
+                self.remove_archive(&job)?;
+            }
             let Some(watermark) = self
                 .db
                 .shard_status(shard_id)?
@@ -97,42 +103,46 @@ impl Maintenance {
             else {
                 continue;
             };
-            let jobs = self.db.archived_jobs(shard_id)?;
-            let live: Vec<&Job> = jobs
-                .iter()
-                .filter(|job| job.expired_unix_ms.is_none())
-                .collect();
-            for (rank_from_newest, job) in live.iter().rev().enumerate() {
-                let kept_by_count = count > 0 && (rank_from_newest as u64) < count;
-                let kept_by_age = days > 0 && now - job.updated_unix_ms < days as i64 * DAY_MS;
-                if kept_by_count || kept_by_age || job.log_id > watermark {
-                    continue;
+            loop {
+                let batch =
+                    self.db
+                        .retention_candidates(shard_id, watermark, count, RETENTION_BATCH)?;
+                let full = batch.len() == RETENTION_BATCH;
+                // Oldest log_id first: the first archive young enough to keep
+                // ends the pass for this shard.
+                let due: Vec<&Job> = batch
+                    .iter()
+                    .take_while(|job| cutoff.is_none_or(|cutoff| job.updated_unix_ms < cutoff))
+                    .collect();
+                let stopped_early = due.len() < batch.len();
+                for job in due {
+                    // Recorded first: a crash in between leaves a stray file,
+                    // never a job that claims an archive it no longer has.
+                    self.db.mark_expired(job.id)?;
+                    self.remove_archive(job)?;
+                    removed += 1;
+                    metrics::counter!(telemetry::RETENTION_DELETED).increment(1);
+                    tracing::info!(
+                        shard_id,
+                        log_id = job.log_id,
+                        job_id = job.id.0,
+                        "retention removed archive"
+                    );
                 }
-                let key = ArchiveKey {
-                    shard_id,
-                    log_id: job.log_id,
-                };
-                // Recorded first: a crash in between leaves a stray file, never a
-                // job that claims an archive it no longer has.
-                self.db.mark_expired(job.id)?;
-                self.store.remove(key)?;
-                removed += 1;
-                metrics::counter!(telemetry::RETENTION_DELETED).increment(1);
-                tracing::info!(
-                    shard_id,
-                    log_id = job.log_id,
-                    job_id = job.id.0,
-                    "retention removed archive"
-                );
-            }
-            // Finish removals a crash interrupted.
-            for job in jobs.iter().filter(|job| job.expired_unix_ms.is_some()) {
-                self.store.remove(ArchiveKey {
-                    shard_id,
-                    log_id: job.log_id,
-                })?;
+                if !full || stopped_early {
+                    break;
+                }
             }
         }
         Ok(removed)
+    }
+
+    fn remove_archive(&self, job: &Job) -> Result<(), EngineError> {
+        self.store.remove(ArchiveKey {
+            shard_id: job.shard_id,
+            log_id: job.log_id,
+        })?;
+        self.db.mark_archive_removed(job.id)?;
+        Ok(())
     }
 }

@@ -3,14 +3,22 @@
 //! sent after the row that backs it is committed. At most one job per
 //! (shard_id, log_id) is active (not FAILED or CANCELLED), enforced by a
 //! partial unique index, which is what makes pushes idempotent under races.
+//!
+//! Writes go through one connection; reads take a connection of their own
+//! from a small pool, so a slow read (a long listing, verify) never holds up
+//! the write that acknowledges a push. Per-shard counters and the watermark
+//! are kept by triggers (`schema`), so reading them costs an index lookup
+//! whatever a shard's history.
 
 mod rows;
+mod schema;
 mod shards;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::StoreError;
 use crate::types::{
@@ -19,8 +27,16 @@ use crate::types::{
 };
 use rows::{COLUMNS, active_job, get, job_from_row};
 
+/// How long a statement waits for another writer (a backup tool holding
+/// the database, a checkpoint) before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reader connections kept open between reads.
+const IDLE_READERS: usize = 8;
+
 pub struct JobDb {
-    conn: Mutex<Connection>,
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
 }
 
 /// What recording a new RECEIVING job found.
@@ -40,55 +56,51 @@ pub struct Received {
     pub content_xxh3: u128,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    shard_id      INTEGER NOT NULL,
-    log_id        INTEGER NOT NULL,
-    state         TEXT    NOT NULL,
-    reason        TEXT    NOT NULL DEFAULT '',
-    size          INTEGER,
-    sha256        BLOB,
-    kind          TEXT    NOT NULL,
-    ack           TEXT    NOT NULL,
-    zstd_level    INTEGER NOT NULL,
-    archive_size  INTEGER,
-    json_entries  INTEGER,
-    json_first_ts INTEGER,
-    json_last_ts  INTEGER,
-    content_xxh3  BLOB,
-    failure       TEXT,
-    expired_ms    INTEGER,
-    created_ms    INTEGER NOT NULL,
-    updated_ms    INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_segment
-    ON jobs(shard_id, log_id) WHERE state NOT IN ('FAILED', 'CANCELLED');
-CREATE INDEX IF NOT EXISTS jobs_by_segment ON jobs(shard_id, log_id);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
-";
-
 impl JobDb {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.busy_timeout(BUSY_TIMEOUT)?;
+        schema::migrate(&mut writer)?;
         Ok(JobDb {
-            conn: Mutex::new(conn),
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
-    fn with<T>(
+    fn write<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let conn = self
-            .conn
+            .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn = Connection::open_with_flags(&self.path, flags)?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn
+            }
+        };
+        let result = f(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
     }
 
     /// Records a new RECEIVING job, or returns the segment's active job if it has one.
@@ -97,7 +109,7 @@ impl JobDb {
         new: &SegmentRequest,
         zstd_level: i32,
     ) -> Result<InsertOutcome, StoreError> {
-        self.with(|conn| {
+        self.write(|conn| {
             let now = now_unix_ms();
             let inserted = conn.execute(
                 "INSERT INTO jobs (shard_id, log_id, state, size, sha256, kind, ack, zstd_level, created_ms, updated_ms)
@@ -130,11 +142,11 @@ impl JobDb {
     }
 
     pub fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        self.with(|conn| get(conn, id))
+        self.read(|conn| get(conn, id))
     }
 
     pub fn active_job(&self, shard_id: ShardId, log_id: LogId) -> Result<Option<Job>, StoreError> {
-        self.with(|conn| active_job(conn, shard_id, log_id))
+        self.read(|conn| active_job(conn, shard_id, log_id))
     }
 
     /// The ARCHIVED job of a segment, if any.
@@ -143,7 +155,7 @@ impl JobDb {
         shard_id: ShardId,
         log_id: LogId,
     ) -> Result<Option<Job>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let sql = format!("SELECT {COLUMNS} FROM jobs WHERE shard_id = ?1 AND log_id = ?2 AND state = 'ARCHIVED'");
             conn.query_row(&sql, params![shard_id, log_id as i64], job_from_row)
                 .optional()?
@@ -151,22 +163,19 @@ impl JobDb {
         })
     }
 
-    /// RECEIVING → QUEUED with the verified size, digest, content checksum and JSON statistics.
+    /// RECEIVING → QUEUED with the verified size, digest and content checksum.
     pub fn mark_queued(&self, id: JobId, received: &Received) -> Result<Option<Job>, StoreError> {
-        self.with(|conn| {
-            let changed = conn.execute(
-                "UPDATE jobs SET state = 'QUEUED', size = ?2, sha256 = ?3, content_xxh3 = ?4, updated_ms = ?5
-                 WHERE id = ?1 AND state = 'RECEIVING'",
-                params![
-                    id.0 as i64,
-                    received.size as i64,
-                    received.sha256.0.to_vec(),
-                    received.content_xxh3.to_le_bytes().to_vec(),
-                    now_unix_ms()
-                ],
-            )?;
-            if changed == 0 { Ok(None) } else { get(conn, id) }
-        })
+        self.update(
+            id,
+            "state = 'QUEUED', size = ?2, sha256 = ?3, content_xxh3 = ?4",
+            "state = 'RECEIVING'",
+            params![
+                id.0 as i64,
+                received.size as i64,
+                received.sha256.0.to_vec(),
+                received.content_xxh3.to_le_bytes().to_vec(),
+            ],
+        )
     }
 
     /// Moves a job to `to` if it is in one of `from`; `None` when it was not
@@ -178,14 +187,12 @@ impl JobDb {
         to: JobState,
         reason: &str,
     ) -> Result<Option<Job>, StoreError> {
-        self.with(|conn| {
-            let from_list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",");
-            let sql = format!(
-                "UPDATE jobs SET state = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1 AND state IN ({from_list})"
-            );
-            let changed = conn.execute(&sql, params![id.0 as i64, to.as_str(), reason, now_unix_ms()])?;
-            if changed == 0 { Ok(None) } else { get(conn, id) }
-        })
+        self.update(
+            id,
+            "state = ?2, reason = ?3",
+            &in_states(from),
+            params![id.0 as i64, to.as_str(), reason],
+        )
     }
 
     pub fn mark_archived(
@@ -194,29 +201,22 @@ impl JobDb {
         archive_size: u64,
         json: Option<JsonStats>,
     ) -> Result<Option<Job>, StoreError> {
-        self.with(|conn| {
-            let changed = conn.execute(
-                "UPDATE jobs SET state = 'ARCHIVED', reason = '', archive_size = ?2, json_entries = ?3,
-                        json_first_ts = ?4, json_last_ts = ?5, updated_ms = ?6
-                 WHERE id = ?1 AND state IN ('QUEUED', 'COMPRESSING')",
-                params![
-                    id.0 as i64,
-                    archive_size as i64,
-                    json.map(|j| j.entries as i64),
-                    json.and_then(|j| j.first_timestamp),
-                    json.and_then(|j| j.last_timestamp),
-                    now_unix_ms()
-                ],
-            )?;
-            if changed == 0 {
-                Ok(None)
-            } else {
-                get(conn, id)
-            }
-        })
+        self.update(
+            id,
+            "state = 'ARCHIVED', reason = '', archive_size = ?2, json_entries = ?3, json_first_ts = ?4, json_last_ts = ?5",
+            "state IN ('QUEUED', 'COMPRESSING')",
+            params![
+                id.0 as i64,
+                archive_size as i64,
+                json.map(|j| j.entries as i64),
+                json.and_then(|j| j.first_timestamp),
+                json.and_then(|j| j.last_timestamp),
+            ],
+        )
     }
 
-    /// Moves a job in one of `from` to FAILED with its kind and reason.
+    /// Moves a job in one of `from` to FAILED with its kind and reason, in one
+    /// statement: no reader ever sees FAILED without its kind.
     pub fn fail(
         &self,
         id: JobId,
@@ -224,21 +224,50 @@ impl JobDb {
         kind: FailureKind,
         reason: &str,
     ) -> Result<Option<Job>, StoreError> {
-        let job = self.transition(id, from, JobState::Failed, reason)?;
-        if job.is_none() {
-            return Ok(None);
-        }
-        self.with(|conn| {
-            conn.execute(
-                "UPDATE jobs SET failure = ?2 WHERE id = ?1",
-                params![id.0 as i64, kind.as_str()],
-            )?;
-            get(conn, id)
+        self.update(
+            id,
+            "state = 'FAILED', failure = ?2, reason = ?3",
+            &in_states(from),
+            params![id.0 as i64, kind.as_str(), reason],
+        )
+    }
+
+    /// COMPRESSING → QUEUED after a failure that passes (a full disk, the
+    /// object store down): the job keeps its spool and is tried again.
+    pub fn retry_later(&self, id: JobId, reason: &str) -> Result<Option<Job>, StoreError> {
+        self.update(
+            id,
+            "state = 'QUEUED', reason = ?2, attempts = attempts + 1",
+            "state = 'COMPRESSING'",
+            params![id.0 as i64, reason],
+        )
+    }
+
+    /// `UPDATE jobs SET <set>, updated_ms = now WHERE id = ?1 AND <only_if>`;
+    /// the job as it is now, or `None` when `only_if` did not hold.
+    fn update(
+        &self,
+        id: JobId,
+        set: &str,
+        only_if: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Option<Job>, StoreError> {
+        self.write(|conn| {
+            // The clock is SQLite's, so the statement text stays the same and cached.
+            let sql = format!(
+                "UPDATE jobs SET {set}, updated_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER) \
+                 WHERE id = ?1 AND {only_if}"
+            );
+            if conn.prepare_cached(&sql)?.execute(params)? == 0 {
+                Ok(None)
+            } else {
+                get(conn, id)
+            }
         })
     }
 
     pub fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM jobs
                  WHERE (?1 IS NULL OR shard_id = ?1) AND (?2 IS NULL OR state = ?2)
@@ -276,115 +305,22 @@ impl JobDb {
         Ok(jobs)
     }
 
-    /// ARCHIVED jobs of a shard by log_id, expired ones included.
+    /// ARCHIVED jobs of a shard by log_id, expired ones included (verify).
     pub fn archived_jobs(&self, shard_id: ShardId) -> Result<Vec<Job>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let sql = format!("SELECT {COLUMNS} FROM jobs WHERE shard_id = ?1 AND state = 'ARCHIVED' ORDER BY log_id");
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![shard_id], job_from_row)?;
             rows.map(|row| row?).collect()
         })
     }
+}
 
-    /// Records that retention removed a job's archive.
-    pub fn mark_expired(&self, id: JobId) -> Result<(), StoreError> {
-        self.with(|conn| {
-            conn.execute(
-                "UPDATE jobs SET expired_ms = ?2 WHERE id = ?1 AND expired_ms IS NULL",
-                params![id.0 as i64, now_unix_ms()],
-            )?;
-            Ok(())
-        })
-    }
+/// `state IN ('A','B')` for a list of states.
+fn in_states(states: &[JobState]) -> String {
+    let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!("state IN ({})", list.join(","))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::{AckLevel, ContentKind};
-
-    fn new_job(shard_id: ShardId, log_id: LogId) -> SegmentRequest {
-        SegmentRequest {
-            shard_id,
-            log_id,
-            size: Some(3),
-            sha256: Some(Digest::of(b"abc")),
-            kind: ContentKind::Raw,
-            ack: AckLevel::Queued,
-            zstd_level: None,
-        }
-    }
-
-    fn insert(db: &JobDb, shard_id: ShardId, log_id: LogId) -> InsertOutcome {
-        db.insert_receiving(&new_job(shard_id, log_id), 3).unwrap()
-    }
-
-    fn new(outcome: InsertOutcome) -> Job {
-        match outcome {
-            InsertOutcome::New(job) => job,
-            other => panic!("expected a new job, got {other:?}"),
-        }
-    }
-
-    fn received() -> Received {
-        Received {
-            size: 3,
-            sha256: Digest::of(b"abc"),
-            content_xxh3: xxhash_rust::xxh3::xxh3_128(b"abc"),
-        }
-    }
-
-    #[test]
-    fn one_active_job_per_segment_and_watermark() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = JobDb::open(&dir.path().join("jobs.db")).unwrap();
-        let first = new(insert(&db, 1, 10));
-        let InsertOutcome::Existing(again) = insert(&db, 1, 10) else {
-            panic!("a second active job for one segment");
-        };
-        assert_eq!(first.id, again.id);
-        let second = new(insert(&db, 1, 11));
-        let third = new(insert(&db, 1, 12));
-        assert_eq!(
-            db.shard_status(1).unwrap().unwrap().archived_watermark,
-            None
-        );
-
-        for job in [&first, &third] {
-            db.mark_queued(job.id, &received()).unwrap().unwrap();
-            db.mark_archived(job.id, 20, None).unwrap().unwrap();
-        }
-        assert_eq!(
-            db.shard_status(1).unwrap().unwrap().archived_watermark,
-            Some(10)
-        );
-        db.transition(
-            second.id,
-            &[JobState::Receiving],
-            JobState::Failed,
-            "interrupted",
-        )
-        .unwrap()
-        .unwrap();
-        // A failed segment still holds the watermark back, and can be pushed again.
-        assert_eq!(
-            db.shard_status(1).unwrap().unwrap().archived_watermark,
-            Some(10)
-        );
-        let retry = new(insert(&db, 1, 11));
-        db.mark_queued(retry.id, &received()).unwrap().unwrap();
-        db.mark_archived(retry.id, 20, None).unwrap().unwrap();
-        let status = db.shard_status(1).unwrap().unwrap();
-        assert_eq!(status.archived_watermark, Some(12));
-        assert_eq!(
-            (
-                status.archived,
-                status.failed,
-                status.bytes_in,
-                status.bytes_out
-            ),
-            (3, 1, 9, 60)
-        );
-        assert!(db.shard_status(2).unwrap().is_none());
-    }
-}
+mod tests;

@@ -7,7 +7,7 @@ use crate::store::StoreError;
 use crate::types::{Digest, Job, JobId, JsonStats, LogId, ShardId};
 
 pub(super) const COLUMNS: &str = "id, shard_id, log_id, state, reason, size, sha256, kind, ack, zstd_level, archive_size, \
-                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms, content_xxh3, failure, expired_ms";
+                       json_entries, json_first_ts, json_last_ts, created_ms, updated_ms, content_xxh3, failure, expired_ms, attempts";
 
 pub(super) fn get(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1");
@@ -38,6 +38,7 @@ pub(super) fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError
     let content_xxh3: Option<Vec<u8>> = row.get(16)?;
     let failure: Option<String> = row.get(17)?;
     let expired_unix_ms: Option<i64> = row.get(18)?;
+    let attempts: i64 = row.get(19)?;
     let parsed = (|| {
         Ok::<_, String>(Job {
             id: JobId(row.get::<_, i64>(0).map_err(|e| e.to_string())? as u64),
@@ -70,6 +71,7 @@ pub(super) fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError
                 None => None,
             },
             expired_unix_ms,
+            attempts: attempts as u32,
             content_xxh3: match content_xxh3 {
                 Some(bytes) => Some(u128::from_le_bytes(
                     bytes

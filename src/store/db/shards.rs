@@ -1,17 +1,18 @@
-//! Per-shard views of the jobs table: counters, the deletion watermark, and
-//! counts by state.
+//! Per-shard views: counters and the deletion watermark (kept by triggers,
+//! read by index lookups), and what retention may remove.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::JobDb;
+use super::rows::{COLUMNS, job_from_row};
 use crate::store::StoreError;
-use crate::types::{JobState, LogId, ShardId, ShardStatus};
+use crate::types::SIDE_FILE_LOG_ID;
+use crate::types::{Job, JobId, JobState, LogId, ShardId, ShardStatus, now_unix_ms};
 
 impl JobDb {
     pub fn shard_ids(&self) -> Result<Vec<ShardId>, StoreError> {
-        self.with(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT DISTINCT shard_id FROM jobs ORDER BY shard_id")?;
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT shard_id FROM shards ORDER BY shard_id")?;
             let ids = stmt
                 .query_map([], |row| row.get(0))?
                 .collect::<Result<Vec<ShardId>, _>>()?;
@@ -19,61 +20,126 @@ impl JobDb {
         })
     }
 
-    /// Jobs per state, every state included.
+    /// Jobs per state over all shards, every state included.
     pub fn state_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        self.with(|conn| {
-            let mut counts: Vec<(JobState, u64)> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
-            let mut stmt =
-                conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let state: JobState = row
-                    .get::<_, String>(0)?
-                    .parse()
-                    .map_err(StoreError::Corrupt)?;
-                if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
-                    entry.1 = row.get::<_, i64>(1)? as u64;
-                }
-            }
-            Ok(counts)
+        self.read(|conn| {
+            let row = conn.query_row(
+                "SELECT COALESCE(SUM(receiving), 0), COALESCE(SUM(queued), 0), COALESCE(SUM(compressing), 0),
+                        COALESCE(SUM(archived), 0), COALESCE(SUM(failed), 0), COALESCE(SUM(cancelled), 0)
+                 FROM shards",
+                [],
+                |row| (0..6).map(|i| row.get::<_, i64>(i)).collect::<Result<Vec<_>, _>>(),
+            )?;
+            Ok(JobState::ALL
+                .iter()
+                .zip(row)
+                .map(|(state, count)| (*state, count as u64))
+                .collect())
         })
     }
 
     /// Counters and watermark of a shard; `None` if it never submitted anything.
     pub fn shard_status(&self, shard_id: ShardId) -> Result<Option<ShardStatus>, StoreError> {
-        self.with(|conn| {
-            let mut status = ShardStatus {
-                shard_id,
-                ..ShardStatus::default()
-            };
-            let mut seen = false;
-            let mut stmt = conn.prepare_cached(
-                "SELECT state, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(archive_size), 0)
-                 FROM jobs WHERE shard_id = ?1 GROUP BY state",
-            )?;
-            let mut rows = stmt.query(params![shard_id])?;
-            while let Some(row) = rows.next()? {
-                seen = true;
-                let state: String = row.get(0)?;
-                let count = row.get::<_, i64>(1)? as u64;
-                match state.parse::<JobState>().map_err(StoreError::Corrupt)? {
-                    JobState::Receiving => status.receiving = count,
-                    JobState::Queued => status.queued = count,
-                    JobState::Compressing => status.running = count,
-                    JobState::Archived => {
-                        status.archived = count;
-                        status.bytes_in = row.get::<_, i64>(2)? as u64;
-                        status.bytes_out = row.get::<_, i64>(3)? as u64;
-                    }
-                    JobState::Failed => status.failed = count,
-                    JobState::Cancelled => {}
-                }
-            }
-            if !seen {
+        self.read(|conn| {
+            let counters = conn
+                .query_row(
+                    "SELECT receiving, queued, compressing, archived, failed, bytes_in, bytes_out
+                     FROM shards WHERE shard_id = ?1",
+                    params![shard_id],
+                    |row| {
+                        Ok(ShardStatus {
+                            shard_id,
+                            receiving: row.get::<_, i64>(0)? as u64,
+                            queued: row.get::<_, i64>(1)? as u64,
+                            running: row.get::<_, i64>(2)? as u64,
+                            archived: row.get::<_, i64>(3)? as u64,
+                            failed: row.get::<_, i64>(4)? as u64,
+                            bytes_in: row.get::<_, i64>(5)? as u64,
+                            bytes_out: row.get::<_, i64>(6)? as u64,
+                            archived_watermark: None,
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(mut status) = counters else {
                 return Ok(None);
-            }
+            };
             status.archived_watermark = watermark(conn, shard_id)?;
             Ok(Some(status))
+        })
+    }
+
+    /// Live (not expired) archives of a shard that retention may remove: at
+    /// or below `watermark` and not among the newest `keep_newest` (when not
+    /// 0); oldest log_id first, at most `limit`. The age rule is the caller's.
+    pub fn retention_candidates(
+        &self,
+        shard_id: ShardId,
+        watermark: LogId,
+        keep_newest: u64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.read(|conn| {
+            // The newest `keep_newest` live archives stay: find where they start.
+            let kept_from: Option<i64> = if keep_newest == 0 {
+                None
+            } else {
+                conn.query_row(
+                    "SELECT log_id FROM jobs INDEXED BY jobs_live_archives
+                     WHERE shard_id = ?1 AND state = 'ARCHIVED' AND expired_ms IS NULL
+                     ORDER BY log_id DESC LIMIT 1 OFFSET ?2",
+                    params![shard_id, keep_newest as i64 - 1],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .or(Some(i64::MIN))
+            };
+            let below = kept_from.unwrap_or(i64::MAX).min(watermark as i64 + 1);
+            let sql = format!(
+                "SELECT {COLUMNS} FROM jobs INDEXED BY jobs_live_archives
+                 WHERE shard_id = ?1 AND state = 'ARCHIVED' AND expired_ms IS NULL AND log_id < ?2
+                 ORDER BY log_id LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![shard_id, below, limit as i64], job_from_row)?;
+            rows.map(|row| row?).collect()
+        })
+    }
+
+    /// Retention's first step: the job says its archive is gone (a crash
+    /// before the removal leaves a stray file, never a job that claims an
+    /// archive it no longer has).
+    pub fn mark_expired(&self, id: JobId) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE jobs SET expired_ms = ?2 WHERE id = ?1 AND expired_ms IS NULL",
+                params![id.0 as i64, now_unix_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Retention's last step: the archive was removed from the store.
+    pub fn mark_archive_removed(&self, id: JobId) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE jobs SET archive_removed = 1 WHERE id = ?1",
+                params![id.0 as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Jobs marked expired whose archive removal did not finish (a crash).
+    pub fn unfinished_removals(&self, shard_id: ShardId) -> Result<Vec<Job>, StoreError> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM jobs INDEXED BY jobs_expiring
+                 WHERE shard_id = ?1 AND expired_ms IS NOT NULL AND archive_removed = 0"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![shard_id], job_from_row)?;
+            rows.map(|row| row?).collect()
         })
     }
 }
@@ -81,18 +147,20 @@ impl JobDb {
 /// The highest log_id L such that every log_id ≤ L the shard ever submitted
 /// has an ARCHIVED job. A failed or cancelled segment holds the watermark
 /// back until it is pushed again and archived: its WAL must not be deleted.
+/// Two index lookups: the lowest pending segment, then the highest settled
+/// one below it. Side files (log_id ≥ 2^62) take no part.
 fn watermark(conn: &Connection, shard_id: ShardId) -> Result<Option<LogId>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT log_id, MAX(state = 'ARCHIVED') FROM jobs WHERE shard_id = ?1 GROUP BY log_id ORDER BY log_id",
+    // `state = 0` is a literal so SQLite can use the partial index of pending segments.
+    let pending: Option<i64> = conn.query_row(
+        "SELECT MIN(log_id) FROM segments INDEXED BY segments_pending WHERE shard_id = ?1 AND state = 0",
+        params![shard_id],
+        |row| row.get(0),
     )?;
-    let mut rows = stmt.query(params![shard_id])?;
-    let mut mark = None;
-    while let Some(row) = rows.next()? {
-        let archived: bool = row.get(1)?;
-        if !archived {
-            break;
-        }
-        mark = Some(row.get::<_, i64>(0)? as LogId);
-    }
-    Ok(mark)
+    let below = pending.unwrap_or(SIDE_FILE_LOG_ID as i64);
+    let mark: Option<i64> = conn.query_row(
+        "SELECT MAX(log_id) FROM segments WHERE shard_id = ?1 AND log_id < ?2",
+        params![shard_id, below],
+        |row| row.get(0),
+    )?;
+    Ok(mark.map(|m| m as LogId))
 }
