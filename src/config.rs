@@ -81,6 +81,22 @@ config_keys! {
     max_json_line_size: usize = 16 << 20;
     /// Seconds running compressions get to finish after SIGTERM/SIGINT.
     shutdown_grace: u64 = 30;
+    /// Seconds an Archive stream may send nothing (header included) before it is cut and its job FAILED; also how long a Restore or Watch reader may read nothing.
+    receive_idle_timeout: u64 = 60;
+    /// Seconds between HTTP/2 keepalive pings (and the TCP keepalive interval), so a dead peer is noticed; 0 turns them off.
+    keepalive_interval: u64 = 30;
+    /// Seconds a compression may make no progress before it is reported stalled and put off to be tried again.
+    stall_timeout: u64 = 300;
+    /// Longest wait, in seconds, between tries of a job put off by a failure that passes (a full disk, the object store down).
+    retry_max_backoff: u64 = 60;
+    /// Restores streamed at once; more get RESOURCE_EXHAUSTED. 0 means four per core.
+    max_concurrent_restores: usize = 0;
+    /// WatchJob streams open at once; more get RESOURCE_EXHAUSTED.
+    max_concurrent_watches: usize = 1024;
+    /// Highest zstd level a push may ask for; higher levels are refused (they cost minutes and hundreds of MiB per segment).
+    max_zstd_level: i32 = 19;
+    /// Segments up to this size also have a worker of their own, so they never wait behind large or slow ones, in bytes; 0 turns the small lane off.
+    small_job_size: u64 = 16 << 20;
     /// A segment at least this big that is the only work is compressed on zstd's own threads, in bytes; 0 turns this off.
     multithread_min_size: u64 = 32 << 20;
     /// CPU priority (nice, 0-19) of the compression threads, so receiving and acknowledging goes first.
@@ -194,10 +210,20 @@ impl Config {
         if self.archive_queue_size == 0 {
             return invalid("archive_queue_size must be at least 1");
         }
-        if !(zstd::zstd_safe::min_c_level()..=zstd::zstd_safe::max_c_level())
-            .contains(&self.compression_level)
+        if !(1..=zstd::zstd_safe::max_c_level()).contains(&self.max_zstd_level) {
+            return invalid("max_zstd_level must be between 1 and 22");
+        }
+        if !(zstd::zstd_safe::min_c_level()..=self.max_zstd_level).contains(&self.compression_level)
         {
-            return invalid("compression_level is outside zstd's range");
+            return invalid(
+                "compression_level must be between zstd's lowest level and max_zstd_level",
+            );
+        }
+        if self.receive_idle_timeout == 0 {
+            return invalid("receive_idle_timeout must be at least 1 second");
+        }
+        if self.stall_timeout == 0 || self.retry_max_backoff == 0 {
+            return invalid("stall_timeout and retry_max_backoff must be at least 1 second");
         }
         if self.max_chunk_size == 0 || self.max_chunk_size > 16 << 20 {
             return invalid("max_chunk_size must be between 1 byte and 16 MiB");
@@ -227,16 +253,34 @@ impl Config {
         Ok(())
     }
 
-    /// The number of compression workers actually started.
+    /// Whether a segment of `size` bytes goes to the small lane too.
+    pub fn is_small(&self, size: u64) -> bool {
+        size <= self.small_job_size
+    }
+
+    /// Restores streamed at once.
+    pub fn restores(&self) -> usize {
+        if self.max_concurrent_restores > 0 {
+            self.max_concurrent_restores
+        } else {
+            4 * available_cores()
+        }
+    }
+
+    /// The number of compression workers actually started (the small lane's not counted).
     pub fn workers(&self) -> usize {
         if self.archive_parallelism > 0 {
             self.archive_parallelism
         } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            available_cores()
         }
     }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn into_config(table: toml::Table) -> Result<Config, String> {

@@ -15,3 +15,5 @@ pub const QUEUE_DEPTH: &str = "wal_archiver_queue_depth";
 pub const WATERMARK: &str = "wal_archiver_archived_watermark";
 pub const SPOOL_BYTES: &str = "wal_archiver_spool_bytes";
 pub const COMPRESSION_RATIO: &str = "wal_archiver_compression_ratio";
+pub const JOB_RETRIES: &str = "wal_archiver_job_retries_total";
+pub const JOB_STALLS: &str = "wal_archiver_job_stalls_total";

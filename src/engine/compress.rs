@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::EngineError;
 use super::events::Events;
@@ -12,7 +13,7 @@ use crate::archive::{
 };
 use crate::config::Config;
 use crate::error::IoError;
-use crate::queue::{Interrupt, Task};
+use crate::queue::{Interrupt, Scheduler, Task};
 use crate::store::{ArchiveKey, ArchiveMeta, ArchiveStore, JobDb, Spool, StoreError};
 use crate::telemetry;
 use crate::types::{ContentKind, Digest, Job, JobState, JsonStats, now_unix_ms};
@@ -41,6 +42,7 @@ impl From<EngineError> for Stop {
 
 pub(super) struct Compressor {
     pub config: Arc<Config>,
+    pub scheduler: Arc<Scheduler>,
     pub db: Arc<JobDb>,
     pub spool: Arc<Spool>,
     pub store: Arc<dyn ArchiveStore>,
@@ -53,27 +55,28 @@ impl Compressor {
         let span = tracing::info_span!(
             "job",
             job_id = task.job_id.0,
-            shard_id = tracing::field::Empty,
+            shard_id = task.shard_id,
             log_id = tracing::field::Empty
         );
         let _entered = span.enter();
         let id = task.job_id;
-        let job = match self
-            .db
-            .transition(id, &[JobState::Queued], JobState::Compressing, "")
-        {
+        // COMPRESSING too: a job whose last outcome could not be recorded
+        // (the disk full) comes back still marked COMPRESSING.
+        let from = [JobState::Queued, JobState::Compressing];
+        let job = match self.db.transition(id, &from, JobState::Compressing, "") {
             Ok(Some(job)) => job,
             Ok(None) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start job; it stays queued for the next start");
-                return;
-            }
+            Err(e) => return self.put_off_unrecorded(task, &e.into()),
         };
-        span.record("shard_id", job.shard_id)
-            .record("log_id", job.log_id);
+        span.record("log_id", job.log_id);
         self.events.emit(&job);
         let started = std::time::Instant::now();
         let outcome = self.compress(&job, task);
+        let put_off = match &outcome {
+            Err(Stop::Interrupted(Interrupt::Stall)) => true,
+            Err(Stop::Failed(e)) => e.passes(),
+            _ => false,
+        };
         let recorded = match &outcome {
             Ok(written) => self
                 .db
@@ -88,6 +91,16 @@ impl Compressor {
                 self.db
                     .transition(id, &[JobState::Compressing], JobState::Queued, "")
             }
+            Err(Stop::Interrupted(Interrupt::Stall)) => self.db.retry_later(
+                id,
+                &format!(
+                    "retrying: stalled, no progress for {} s",
+                    self.config.stall_timeout
+                ),
+            ),
+            Err(Stop::Failed(e)) if e.passes() => {
+                self.db.retry_later(id, &format!("retrying: {e}"))
+            }
             Err(Stop::Failed(e)) => self.db.fail(
                 id,
                 &[JobState::Compressing],
@@ -99,17 +112,44 @@ impl Compressor {
             Ok(Some(job)) => {
                 log_outcome(&job, &outcome, started);
                 record_metrics(&job, &outcome);
-                if job.state != JobState::Queued
-                    && let Err(e) = self.spool.remove(id)
-                {
-                    tracing::warn!(error = %e, "spool file left behind; it is removed at the next start");
+                match job.state {
+                    // Put off: the spool stays for the next try.
+                    JobState::Queued if put_off => self.schedule_retry(task, job.attempts),
+                    JobState::Queued => {}
+                    _ => {
+                        if let Err(e) = self.spool.remove(id) {
+                            tracing::warn!(error = %e, "spool file left behind; it is removed at the next start");
+                        }
+                    }
                 }
                 self.events.emit(&job);
             }
             Ok(None) => tracing::warn!("job changed state under its worker"),
-            // The archive may be durable while its row is not: recovery adopts it.
-            Err(e) => tracing::error!(error = %e, "cannot record the job's outcome"),
+            Err(e) => {
+                // The archive may be durable while its row is not: the next
+                // try (or recovery) finds and checks it.
+                self.put_off_unrecorded(task, &e.into());
+            }
         }
+    }
+
+    /// The jobs database could not record the job's state (a full disk):
+    /// try the job again later rather than leave it stuck until a restart.
+    fn put_off_unrecorded(&self, task: &Task, e: &EngineError) {
+        if e.passes() {
+            tracing::warn!(error = %e, "cannot record the job's state; trying it again later");
+            self.schedule_retry(task, 1);
+        } else {
+            tracing::error!(error = %e, "cannot record the job's state; it is resumed at the next start");
+        }
+    }
+
+    fn schedule_retry(&self, task: &Task, attempts: u32) {
+        let delay = retry_delay(attempts, Duration::from_secs(self.config.retry_max_backoff));
+        metrics::counter!(telemetry::JOB_RETRIES).increment(1);
+        tracing::info!(attempts, delay_ms = delay.as_millis() as u64, "job put off");
+        self.scheduler
+            .enqueue_after(task.shard_id, task.job_id, task.small, delay);
     }
 
     /// Compresses the spool into a committed archive.
@@ -175,6 +215,7 @@ impl Compressor {
                 checker.feed(&buf[..n]).map_err(EngineError::from)?;
             }
             writer.write_all(&buf[..n]).map_err(spool_damaged)?;
+            task.stop.progressed();
         }
         let json = checker
             .map(JsonLinesChecker::finish)
@@ -201,6 +242,52 @@ impl Compressor {
             json,
         })
     }
+}
+
+/// Watches running jobs: one that made no progress for `stall_timeout` (a
+/// hung disk or mount) is reported — log, metric, the job's reason — and
+/// flagged, so that when its worker comes back the job is put off and tried
+/// again instead of finishing on a write that may have been lost.
+pub(super) fn spawn_watchdog(
+    scheduler: Arc<Scheduler>,
+    db: Arc<JobDb>,
+    events: Events,
+    stall_timeout: Duration,
+) -> std::io::Result<()> {
+    let every = (stall_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    std::thread::Builder::new()
+        .name("stall-watchdog".into())
+        .spawn(move || {
+            while !scheduler.is_closed() {
+                for (id, stop) in scheduler.stalled(stall_timeout) {
+                    stop.raise(Interrupt::Stall);
+                    metrics::counter!(telemetry::JOB_STALLS).increment(1);
+                    let reason = format!(
+                        "stalled: no progress for {} s; it is tried again when its worker returns",
+                        stall_timeout.as_secs()
+                    );
+                    tracing::warn!(job_id = id.0, "{reason}");
+                    match db.note(id, JobState::Compressing, &reason) {
+                        Ok(Some(job)) => events.emit(&job),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(job_id = id.0, error = %e, "cannot record the stall")
+                        }
+                    }
+                }
+                std::thread::sleep(every);
+            }
+        })?;
+    Ok(())
+}
+
+/// Capped exponential backoff with jitter: about 1, 2, 4 … seconds, at most
+/// `max`, so jobs put off together do not come back together.
+fn retry_delay(attempts: u32, max: Duration) -> Duration {
+    let bound = Duration::from_secs(1)
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(max);
+    bound.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
 /// The SHA-256 of the segment whose archive stands under `key`: from the
@@ -265,6 +352,9 @@ fn log_outcome(job: &Job, outcome: &Result<Written, Stop>, started: std::time::I
             elapsed_ms = started.elapsed().as_millis() as u64,
             "archived"
         ),
+        Err(Stop::Failed(e)) if job.state == JobState::Queued => {
+            tracing::warn!(shard_id = job.shard_id, log_id = job.log_id, attempts = job.attempts, error = %e, "job put off")
+        }
         Err(Stop::Failed(e)) => {
             tracing::warn!(shard_id = job.shard_id, log_id = job.log_id, error = %e, "job failed")
         }

@@ -20,7 +20,7 @@ pub enum EngineError {
     #[error("{limit} segments are being received already (max_concurrent_uploads); retry later")]
     TooManyUploads { limit: usize },
     #[error(
-        "the data dir has {free} bytes free but needs {needed} (min_free_bytes plus the declared segment size); retry later"
+        "the data dir has {free} bytes free but needs {needed} (min_free_bytes, plus the space uploads in progress reserved, plus the declared segment size); retry later"
     )]
     DiskFull { free: u64, needed: u64 },
     #[error("no job {0}")]
@@ -124,6 +124,23 @@ impl EngineError {
             EngineError::Io(e) => e.is_out_of_space(),
             EngineError::Store(e) => e.is_out_of_space(),
             EngineError::Archive(ArchiveError::Io(e)) => crate::error::is_out_of_space(e),
+            _ => false,
+        }
+    }
+
+    /// A failure that passes by itself: a full disk, a disk error on write,
+    /// the archive store unreachable. A job that hits one is tried again later
+    /// rather than failed, because it was acknowledged.
+    pub fn passes(&self) -> bool {
+        let os_error_passes = |e: &std::io::Error| {
+            crate::error::is_out_of_space(e) || e.raw_os_error() == Some(libc::EIO)
+        };
+        match self {
+            EngineError::Io(e) => os_error_passes(&e.source),
+            EngineError::Store(StoreError::Io(e)) => os_error_passes(&e.source),
+            EngineError::Store(StoreError::Unavailable(_)) => true,
+            EngineError::Store(e) => e.is_out_of_space(),
+            EngineError::Archive(ArchiveError::Io(e)) => os_error_passes(e),
             _ => false,
         }
     }

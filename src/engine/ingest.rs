@@ -10,16 +10,20 @@ use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::disk::{DiskBudget, Reservation};
 use super::events::Events;
-use super::{EngineError, blocking, disk};
+use super::{EngineError, blocking};
 use crate::config::Config;
-use crate::error::IoError;
 use crate::queue::Scheduler;
 use crate::store::{InsertOutcome, JobDb, Spool};
 use crate::types::{Digest, FailureKind, Job, JobId, JobState, SegmentRequest, ShardId};
+
+/// What an upload holds while it runs: its slot among `max_concurrent_uploads`,
+/// and (when it spools) its claim on the data dir's free space.
+pub(super) type Holds = (OwnedSemaphorePermit, Option<Reservation>);
 
 mod upload;
 
@@ -36,6 +40,7 @@ pub(super) struct Intake {
     pub uploads: Arc<Semaphore>,
     pub receiving: Arc<Receiving>,
     pub draining: Arc<AtomicBool>,
+    pub disk: Arc<DiskBudget>,
 }
 
 /// A push the engine took: the job and whether it already existed.
@@ -98,9 +103,9 @@ impl QueuePlace {
         })
     }
 
-    pub fn enqueue(mut self, job: JobId) {
+    pub fn enqueue(mut self, job: JobId, small: bool) {
         self.held = false;
-        self.scheduler.enqueue(self.shard_id, job);
+        self.scheduler.enqueue(self.shard_id, job, small);
     }
 }
 
@@ -138,7 +143,7 @@ pub(super) async fn begin(
                 .map(|accepted| Begin::Known(Box::new(accepted)));
         }
     }
-    intake.enough_free_space(request.size.unwrap_or(0))?;
+    let reservation = intake.disk.reserve(request.size.unwrap_or(0))?;
     let limits = &intake.config;
     let permit =
         intake
@@ -163,7 +168,7 @@ pub(super) async fn begin(
                     Mode::Spool { job, place },
                     Sink::new(Some(file)),
                     cancel,
-                    permit,
+                    (permit, Some(reservation)),
                 ))));
             }
             Recorded::Existing(existing) => {
@@ -180,7 +185,7 @@ pub(super) async fn begin(
                         Mode::Compare { existing },
                         Sink::new(None),
                         CancellationToken::new(),
-                        permit,
+                        (permit, None),
                     )))),
                 };
             }
@@ -198,10 +203,10 @@ fn check_request(config: &Config, request: &SegmentRequest) -> Result<i32, Engin
         )));
     }
     let level = request.zstd_level.unwrap_or(config.compression_level);
-    let levels = zstd::zstd_safe::min_c_level()..=zstd::zstd_safe::max_c_level();
+    let levels = zstd::zstd_safe::min_c_level()..=config.max_zstd_level;
     if !levels.contains(&level) {
         return Err(EngineError::Invalid(format!(
-            "zstd level {level} is out of range ({}..={})",
+            "zstd level {level} is out of range ({}..={}, max_zstd_level)",
             levels.start(),
             levels.end()
         )));
@@ -264,18 +269,6 @@ async fn record(
         }
     })
     .await
-}
-
-impl Intake {
-    fn enough_free_space(&self, incoming: u64) -> Result<(), EngineError> {
-        let free = disk::free_bytes(&self.config.data_dir)
-            .map_err(IoError::with("checking free space of the data dir"))?;
-        let needed = self.config.min_free_bytes.saturating_add(incoming);
-        if free < needed {
-            return Err(EngineError::DiskFull { free, needed });
-        }
-        Ok(())
-    }
 }
 
 fn known_or_conflict(existing: Job, pushed: Digest) -> Result<Accepted, EngineError> {

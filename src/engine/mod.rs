@@ -88,9 +88,10 @@ impl Archiver {
         let draining = Arc::new(AtomicBool::new(false));
         let receiving = Arc::new(Receiving::default());
 
-        let report = recovery::recover(&db, &spool, store.as_ref(), &scheduler)?;
+        let report = recovery::recover(&config, &db, &spool, store.as_ref(), &scheduler)?;
         let compressor = Arc::new(Compressor {
             config: config.clone(),
+            scheduler: scheduler.clone(),
             db: db.clone(),
             spool: spool.clone(),
             store: store.clone(),
@@ -98,11 +99,19 @@ impl Archiver {
         });
         let pool = WorkerPool::start(
             config.workers(),
+            config.small_job_size > 0,
             config.worker_nice,
             scheduler.clone(),
             Arc::new(move |task| compressor.run(task)),
         )
         .map_err(IoError::with("starting archive workers"))?;
+        compress::spawn_watchdog(
+            scheduler.clone(),
+            db.clone(),
+            events.clone(),
+            Duration::from_secs(config.stall_timeout),
+        )
+        .map_err(IoError::with("starting the stall watchdog"))?;
         let parts = Parts {
             intake: Arc::new(Intake {
                 config: config.clone(),
@@ -113,6 +122,10 @@ impl Archiver {
                 uploads: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
                 receiving: receiving.clone(),
                 draining: draining.clone(),
+                disk: Arc::new(disk::DiskBudget::new(
+                    config.data_dir.clone(),
+                    config.min_free_bytes,
+                )),
             }),
             jobs: Jobs {
                 db: db.clone(),

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use super::EngineError;
 use crate::archive::ArchiveReader;
+use crate::config::Config;
 use crate::queue::Scheduler;
 use crate::store::{ArchiveKey, ArchiveStore, JobDb, Spool};
 use crate::types::{FailureKind, Job, JobState, JsonStats};
@@ -24,6 +25,7 @@ pub struct RecoveryReport {
 }
 
 pub(super) fn recover(
+    config: &Config,
     db: &JobDb,
     spool: &Spool,
     store: &dyn ArchiveStore,
@@ -59,7 +61,7 @@ pub(super) fn recover(
         }
         if spool.path(job.id).exists() {
             scheduler.reserve_for_recovery(job.shard_id);
-            scheduler.enqueue(job.shard_id, job.id);
+            scheduler.enqueue(job.shard_id, job.id, config.is_small(job.size.unwrap_or(0)));
             live_spools.insert(job.id);
             report.requeued += 1;
         } else {

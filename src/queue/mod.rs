@@ -7,4 +7,4 @@ mod pool;
 mod scheduler;
 
 pub use pool::WorkerPool;
-pub use scheduler::{Interrupt, Scheduler, StopFlag, Task};
+pub use scheduler::{Interrupt, Lane, Scheduler, StopFlag, Task};

@@ -5,34 +5,41 @@
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::scheduler::{Scheduler, Task};
+use super::scheduler::{Lane, Scheduler, Task};
 
 pub struct WorkerPool {
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl WorkerPool {
-    /// Starts `workers` threads at CPU priority `nice`, each taking tasks from
-    /// `scheduler` and running `handler` on them until the scheduler closes.
+    /// Starts `workers` threads that take any job, plus one that takes only
+    /// small jobs when `small_lane` is set, all at CPU priority `nice`, each
+    /// running `handler` on the tasks `scheduler` hands out until it closes.
     pub fn start(
         workers: usize,
+        small_lane: bool,
         nice: i32,
         scheduler: Arc<Scheduler>,
         handler: Arc<dyn Fn(&Task) + Send + Sync>,
     ) -> std::io::Result<WorkerPool> {
-        let mut handles = Vec::with_capacity(workers);
-        for n in 0..workers {
+        let lanes = std::iter::repeat_n(Lane::Any, workers)
+            .chain(small_lane.then_some(Lane::Small))
+            .enumerate();
+        let mut handles = Vec::with_capacity(workers + 1);
+        for (n, lane) in lanes {
             let scheduler = scheduler.clone();
             let handler = handler.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("archive-worker-{n}"))
-                .spawn(move || {
-                    lower_priority(nice);
-                    while let Some(task) = scheduler.next() {
-                        handler(&task);
-                        scheduler.finished(task.job_id);
-                    }
-                })?;
+            let name = match lane {
+                Lane::Any => format!("archive-worker-{n}"),
+                Lane::Small => "archive-worker-small".to_owned(),
+            };
+            let handle = std::thread::Builder::new().name(name).spawn(move || {
+                lower_priority(nice);
+                while let Some(task) = scheduler.next(lane) {
+                    handler(&task);
+                    scheduler.finished(task.job_id);
+                }
+            })?;
             handles.push(handle);
         }
         Ok(WorkerPool {

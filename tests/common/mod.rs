@@ -2,6 +2,8 @@
 //! port with its own data dir, real gRPC clients, the real PostgreSQL corpus.
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ pub struct Server {
     pub log: PathBuf,
     args: Vec<String>,
     _dir: Option<tempfile::TempDir>,
+    /// The log lives apart from the data dir, which a test may fill up.
+    _log_dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -38,7 +42,8 @@ impl Server {
     /// Starts a server on `data_dir` (kept as it is).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let log = data_dir.with_extension("log");
+        let log_dir = tempfile::tempdir().expect("log dir");
+        let log = log_dir.path().join("server.log");
         let (child, addr) = spawn(data_dir, &args, &log);
         Server {
             child: Some(child),
@@ -47,6 +52,7 @@ impl Server {
             log,
             args,
             _dir: None,
+            _log_dir: log_dir,
         }
     }
 

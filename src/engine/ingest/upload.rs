@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::{Accepted, Intake, QueuePlace, known_or_conflict, too_large};
+use super::{Accepted, Holds, Intake, QueuePlace, known_or_conflict, too_large};
 use crate::engine::{EngineError, blocking};
 use crate::error::IoError;
 use crate::store::Received;
@@ -27,7 +26,7 @@ pub struct Upload {
     received: u64,
     finished: bool,
     cancel: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    holds: Holds,
 }
 
 pub(super) enum Mode {
@@ -74,7 +73,7 @@ impl Upload {
         mode: Mode,
         sink: Sink,
         cancel: CancellationToken,
-        permit: OwnedSemaphorePermit,
+        holds: Holds,
     ) -> Upload {
         Upload {
             intake,
@@ -84,7 +83,7 @@ impl Upload {
             received: 0,
             finished: false,
             cancel,
-            _permit: permit,
+            holds,
         }
     }
 
@@ -106,6 +105,9 @@ impl Upload {
             return Err(self.fail(e).await);
         }
         self.received += data.len() as u64;
+        if let Some(reservation) = &mut self.holds.1 {
+            reservation.cover(self.received);
+        }
         let Some(mut sink) = self.sink.take() else {
             return Err(EngineError::Internal("upload already failed".into()));
         };
@@ -240,7 +242,7 @@ impl Upload {
         self.finished = true;
         self.intake.receiving.forget(job.id);
         if let Mode::Spool { place, .. } = std::mem::replace(&mut self.mode, Mode::Done) {
-            place.enqueue(job.id);
+            place.enqueue(job.id, self.intake.config.is_small(self.received));
         }
         self.intake.events.emit(&job);
         Accepted {

@@ -243,6 +243,21 @@ impl JobDb {
         )
     }
 
+    /// Sets a job's reason while it is in `state` (a stall being reported).
+    pub fn note(
+        &self,
+        id: JobId,
+        state: JobState,
+        reason: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        self.update(
+            id,
+            "reason = ?3",
+            "state = ?2",
+            params![id.0 as i64, state.as_str(), reason],
+        )
+    }
+
     /// `UPDATE jobs SET <set>, updated_ms = now WHERE id = ?1 AND <only_if>`;
     /// the job as it is now, or `None` when `only_if` did not hold.
     fn update(
