@@ -266,10 +266,17 @@ async fn retention_keeps_the_newest_and_everything_above_the_watermark() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_limits_refuse_with_a_message() {
-    // One request at a time: an upload held open blocks a status call.
-    let server = Server::start(&["--max-concurrent-requests", "1"]);
+async fn each_kind_of_call_has_its_own_limit() {
+    let server = Server::start(&[
+        "--max-concurrent-requests",
+        "1",
+        "--max-concurrent-watches",
+        "1",
+        "--unary-timeout-ms",
+        "20000",
+    ]);
     let rpc = server.rpc().await;
+    // An upload held open does not take the one unary slot.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let data = json_segment(1, 100_000);
     tx.send(header_msg(header(1, 1, &data))).await.unwrap();
@@ -280,6 +287,24 @@ async fn request_limits_refuse_with_a_message() {
             .await
     });
     let client = server.client().await.retry_policy(RetryPolicy::none());
+    eventually(Duration::from_secs(30), || async {
+        let status = client.shard(1).await.ok()?;
+        (status.receiving == 1).then_some(())
+    })
+    .await;
+
+    // A unary call held in flight (another process holds the jobs database's
+    // write lock, so a cancel waits) takes it: the next one is refused.
+    let job = client
+        .list(&wal_archiver::types::JobFilter::default())
+        .await
+        .unwrap()
+        .0
+        .remove(0);
+    let holder = rusqlite::Connection::open(server.data_dir.join("jobs.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let canceller = client.clone();
+    let held = tokio::spawn(async move { canceller.cancel(job.id).await });
     let refused = eventually(Duration::from_secs(30), || async {
         match client.shard(1).await {
             Err(ClientError::Rpc(status)) if status.code() == Code::ResourceExhausted => {
@@ -294,12 +319,59 @@ async fn request_limits_refuse_with_a_message() {
         "{}",
         refused.message()
     );
-    for message in data_msgs(&data, 32 << 10) {
-        tx.send(message).await.unwrap();
-    }
+    holder.execute_batch("ROLLBACK;").unwrap();
+    let _ = held.await.unwrap();
     drop(tx);
-    upload.await.unwrap().unwrap();
-    assert!(client.shard(1).await.is_ok());
+    let _ = upload.await.unwrap();
+    assert!(client.shard(1).await.is_ok(), "the slot is free again");
+
+    // Watches: one open stream takes the one watch slot, for as long as it is open.
+    let pushed = client
+        .push_reader(
+            1,
+            2,
+            None,
+            std::io::Cursor::new(json_segment(2, 50_000)),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let archived = client.wait(pushed.job.id).await.unwrap();
+    let mut raw = server.rpc().await;
+    // A watch of a job still RECEIVING stays open while its upload does.
+    let (_open_watch, _upload_sender) = {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let more = json_segment(3, 100_000);
+        tx.send(header_msg(header(1, 3, &more))).await.unwrap();
+        let mut pusher = raw.clone();
+        let push = tokio::spawn(async move {
+            pusher
+                .archive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        let receiving = eventually(Duration::from_secs(30), || async {
+            let filter = wal_archiver::types::JobFilter {
+                state: Some(wal_archiver::types::JobState::Receiving),
+                ..Default::default()
+            };
+            client.list(&filter).await.ok()?.0.first().map(|j| j.id)
+        })
+        .await;
+        let stream = raw
+            .watch_job(wal_archiver::proto::WatchJobRequest {
+                job_id: receiving.0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ((stream, push), tx)
+    };
+    let second = client.watch(archived.id).await.err().expect("refused");
+    assert_eq!(second.code(), Some(Code::ResourceExhausted), "{second}");
+    assert!(
+        second.to_string().contains("max_concurrent_watches"),
+        "{second}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

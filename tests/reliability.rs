@@ -104,3 +104,287 @@ async fn uploads_in_progress_reserve_their_space() {
     drop(tx);
     let _ = held.await;
 }
+
+/// A shard host that stops mid-upload (a dead network path, SIGSTOP) must not
+/// hold its job RECEIVING: after receive_idle_timeout the stream is cut, the
+/// job FAILED with a reason that says so, and the segment can be pushed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_goes_quiet_is_cut_and_its_segment_can_be_pushed_again() {
+    let server = Server::start(&["--receive-idle-timeout", "2"]);
+    let client = server.client().await;
+    let mut rpc = server.rpc().await;
+    let data = json_segment(3, 200_000);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    tx.send(data_msgs(&data[..50_000], 50_000).remove(0))
+        .await
+        .unwrap();
+    let quiet = tokio::spawn(async move {
+        rpc.archive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let cut = tokio::time::timeout(LIMIT, quiet)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(cut.code(), Code::DeadlineExceeded, "{cut:?}");
+    assert!(
+        cut.message().contains("no data for 2 s"),
+        "{}",
+        cut.message()
+    );
+    let jobs = jobs_of_shard(&client, 1).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, JobState::Failed);
+    assert!(
+        jobs[0].reason.contains("no data for 2 s"),
+        "{}",
+        jobs[0].reason
+    );
+    drop(tx);
+
+    let mut rpc = server.rpc().await;
+    let again = push(&mut rpc, header(1, 1, &data), &data).await.unwrap();
+    client.wait(again.job.unwrap().job_id).await.unwrap();
+    assert!(server.spool_files().is_empty());
+}
+
+/// The real CLI, frozen with SIGSTOP in the middle of an upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_client_process_does_not_hold_its_job() {
+    let server = Server::start(&["--receive-idle-timeout", "2"]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.wal");
+    std::fs::write(&file, noise(256 << 20, 5)).unwrap();
+    let mut cli = std::process::Command::new(BIN)
+        .args([
+            "push",
+            "--shard",
+            "1",
+            "--log-id",
+            "1",
+            "--server",
+            &server.url(),
+        ])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(LIMIT, || async {
+        let jobs = jobs_of_shard(&client, 1).await;
+        jobs.iter()
+            .any(|j| j.state == JobState::Receiving)
+            .then_some(())
+    })
+    .await;
+    signal(cli.id(), libc::SIGSTOP);
+    let failed = eventually(LIMIT, || async {
+        let jobs = jobs_of_shard(&client, 1).await;
+        jobs.into_iter().find(|j| j.state == JobState::Failed)
+    })
+    .await;
+    assert!(
+        failed.reason.contains("no data for 2 s"),
+        "{}",
+        failed.reason
+    );
+    signal(cli.id(), libc::SIGKILL);
+    let _ = cli.wait();
+    // Its place on the queue and its upload slot are free again.
+    let status = client.shard(1).await.unwrap();
+    assert_eq!((status.receiving, status.queued), (0, 0));
+    let pushed = client
+        .push_file(1, 1, &file, &wal_archiver::client::PushOptions::default())
+        .await
+        .unwrap();
+    client.wait(pushed.job.id).await.unwrap();
+}
+
+/// Streams that never send their header are dropped after
+/// receive_idle_timeout, and the health service answers throughout, even
+/// with more of them open than max_concurrent_requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_less_streams_are_dropped_and_health_always_answers() {
+    let server = Server::start(&[
+        "--receive-idle-timeout",
+        "2",
+        "--max-concurrent-requests",
+        "4",
+    ]);
+    let mut silent = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let mut rpc = server.rpc().await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::ArchiveRequest>(1);
+        senders.push(tx);
+        silent.push(tokio::spawn(async move {
+            rpc.archive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let client = server.client().await;
+    client.shard(1).await.unwrap_err(); // NOT_FOUND, but answered: unary calls have their own limit
+    for stream in silent {
+        let cut = tokio::time::timeout(LIMIT, stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(cut.code(), Code::DeadlineExceeded, "{cut:?}");
+        assert!(
+            cut.message().contains("no segment header within 2 s"),
+            "{}",
+            cut.message()
+        );
+    }
+    drop(senders);
+}
+
+async fn jobs_of_shard(
+    client: &wal_archiver::client::Client,
+    shard: u32,
+) -> Vec<wal_archiver::types::Job> {
+    let filter = wal_archiver::types::JobFilter {
+        shard_id: Some(shard),
+        ..Default::default()
+    };
+    client.list(&filter).await.unwrap().0
+}
+
+fn threads_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads: line")
+}
+
+/// Restore streams that nobody reads are bounded: past max_concurrent_restores
+/// they are refused, the ones open pin no more than that many threads, and
+/// other shards' pushes and GetShard are answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unread_restore_streams_are_bounded_and_starve_nobody() {
+    let server = Server::start(&[
+        "--max-concurrent-restores",
+        "4",
+        "--receive-idle-timeout",
+        "5",
+    ]);
+    let client = server.client().await;
+    let data = noise(16 << 20, 3);
+    let mut rpc = server.rpc().await;
+    let mut first = header(1, 1, &data);
+    first.ack = proto::AckLevel::Archived as i32;
+    push(&mut rpc, first, &data).await.unwrap();
+    let threads_before = threads_of(server.pid());
+
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let mut rpc = server.rpc().await;
+        match rpc
+            .restore(proto::RestoreRequest {
+                shard_id: 1,
+                log_id: 1,
+            })
+            .await
+        {
+            // Opened and never read.
+            Ok(stream) => open.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.message().contains("max_concurrent_restores"),
+                    "{}",
+                    status.message()
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        open.len(),
+        4,
+        "exactly max_concurrent_restores streams open"
+    );
+    assert_eq!(refused, 36);
+    assert!(
+        threads_of(server.pid()) <= threads_before + 8,
+        "unread restores pinned threads: {} before, {} now",
+        threads_before,
+        threads_of(server.pid())
+    );
+    // Everything else is answered meanwhile.
+    client.shard(1).await.unwrap();
+    let other = json_segment(9, 100_000);
+    let mut second = header(2, 1, &other);
+    second.ack = proto::AckLevel::Archived as i32;
+    push(&mut rpc, second, &other).await.unwrap();
+
+    // A reader that reads nothing for receive_idle_timeout is dropped: its slot comes back.
+    let mut reopened = eventually(LIMIT, || async {
+        let mut rpc = server.rpc().await;
+        rpc.restore(proto::RestoreRequest {
+            shard_id: 2,
+            log_id: 1,
+        })
+        .await
+        .ok()
+    })
+    .await
+    .into_inner();
+    let mut restored = Vec::new();
+    while let Some(chunk) = reopened.message().await.unwrap() {
+        restored.extend_from_slice(&chunk.data);
+    }
+    assert!(restored == other);
+    drop(open);
+}
+
+/// An archive file copied over another segment's is intact as a file, but it
+/// is not the segment the job recorded: restore refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_an_archive_of_another_segment() {
+    let server = Server::start(&[]);
+    let client = server.client().await;
+    let mut rpc = server.rpc().await;
+    for (shard, log_id, seed) in [(1, 1, 1), (1, 2, 2), (2, 1, 3)] {
+        let data = json_segment(seed, 60_000);
+        let mut h = header(shard, log_id, &data);
+        h.ack = proto::AckLevel::Archived as i32;
+        push(&mut rpc, h, &data).await.unwrap();
+    }
+    // Same shard, another log_id; then another shard.
+    for source in [server.archive_path(1, 2), server.archive_path(2, 1)] {
+        std::fs::copy(&source, server.archive_path(1, 1)).unwrap();
+        let mut sink = Vec::new();
+        let err = client.restore_to(1, 1, &mut sink, None).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the job recorded shard 1 log_id 1"),
+            "{err}"
+        );
+        assert!(sink.is_empty(), "no byte of the wrong segment was sent");
+    }
+}

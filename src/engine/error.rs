@@ -19,6 +19,8 @@ pub enum EngineError {
     QueueFull { shard_id: ShardId, limit: usize },
     #[error("{limit} segments are being received already (max_concurrent_uploads); retry later")]
     TooManyUploads { limit: usize },
+    #[error("{limit} restores are streaming already (max_concurrent_restores); retry later")]
+    TooManyRestores { limit: usize },
     #[error(
         "the data dir has {free} bytes free but needs {needed} (min_free_bytes, plus the space uploads in progress reserved, plus the declared segment size); retry later"
     )]
@@ -75,6 +77,9 @@ pub enum EngineError {
     /// The stream that fed an upload broke.
     #[error("upload interrupted: {0}")]
     Interrupted(String),
+    /// The stream that fed an upload went quiet.
+    #[error("no data for {0} s (receive_idle_timeout): the upload was cut; push the segment again")]
+    Idle(u64),
     #[error("job {} failed: {}", .0.id, .0.reason)]
     JobFailed(Box<Job>),
     /// The spool no longer holds what was received and verified.
@@ -91,9 +96,10 @@ impl Classified for EngineError {
             E::Store(e) => e.kind(),
             E::Archive(e) => e.kind(),
             E::Io(e) => e.kind(),
-            E::QueueFull { .. } | E::TooManyUploads { .. } | E::DiskFull { .. } => {
-                ErrorKind::ResourceExhausted
-            }
+            E::QueueFull { .. }
+            | E::TooManyUploads { .. }
+            | E::TooManyRestores { .. }
+            | E::DiskFull { .. } => ErrorKind::ResourceExhausted,
             E::JobNotFound(_)
             | E::SegmentNotFound { .. }
             | E::ShardNotFound(_)
@@ -111,6 +117,7 @@ impl Classified for EngineError {
                 ErrorKind::DataLoss
             }
             E::Cancelled(_) | E::Interrupted(_) => ErrorKind::Cancelled,
+            E::Idle(_) => ErrorKind::DeadlineExceeded,
             E::ShuttingDown => ErrorKind::Unavailable,
             E::Internal(_) => ErrorKind::Internal,
         }
@@ -161,9 +168,10 @@ impl EngineError {
             | EngineError::Archive(
                 ArchiveError::ContentMismatch { .. } | ArchiveError::SizeMismatch { .. },
             ) => FailureKind::Integrity,
-            EngineError::Cancelled(_) | EngineError::ShuttingDown | EngineError::Interrupted(_) => {
-                FailureKind::Interrupted
-            }
+            EngineError::Cancelled(_)
+            | EngineError::ShuttingDown
+            | EngineError::Interrupted(_)
+            | EngineError::Idle(_) => FailureKind::Interrupted,
             _ => FailureKind::Internal,
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::EngineError;
-use crate::archive::ArchiveReader;
+use super::restore::open_job_archive;
 use crate::store::{ArchiveKey, ArchiveStore, JobDb};
 use crate::telemetry;
 use crate::types::{Job, LogIdGap, ShardId, VerifyProblem, VerifyReport, now_unix_ms};
@@ -57,28 +57,12 @@ impl Maintenance {
         Ok(report)
     }
 
-    /// Decodes the whole archive; the original size when it is intact.
+    /// Decodes the whole archive, checked against the job; the original size
+    /// when it is intact, else what is wrong and how to repair it.
     fn check_archive(&self, job: &Job) -> Result<u64, String> {
-        let key = ArchiveKey {
-            shard_id: job.shard_id,
-            log_id: job.log_id,
-        };
-        let input = self
-            .store
-            .open(key)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("archive missing at {}", self.store.location(key)))?;
-        let mut reader = ArchiveReader::open(input).map_err(|e| e.to_string())?;
-        let expected = job.sha256.map(|d| d.to_hex()).unwrap_or_default();
-        if reader.header().sha256 != expected {
-            return Err(format!(
-                "archive holds SHA-256 {} but the job recorded {expected}",
-                reader.header().sha256
-            ));
-        }
-        reader
-            .copy_to(&mut std::io::sink())
-            .map_err(|e| e.to_string())
+        let checked = open_job_archive(self.store.as_ref(), job)
+            .and_then(|mut reader| Ok(reader.copy_to(&mut std::io::sink())?));
+        checked.map_err(|e| format!("{e}; push the segment again to repair it"))
     }
 
     /// Removes archives that both rules let go: older than `retain_days` (when

@@ -138,6 +138,9 @@ impl Archiver {
                 db: db.clone(),
                 store: store.clone(),
                 chunk_size: config.max_chunk_size,
+                slots: Arc::new(Semaphore::new(config.restores())),
+                limit: config.restores(),
+                idle: Duration::from_secs(config.receive_idle_timeout),
             },
             maintenance: Arc::new(Maintenance {
                 db: db.clone(),

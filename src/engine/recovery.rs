@@ -7,10 +7,10 @@
 use std::collections::HashSet;
 
 use super::EngineError;
-use crate::archive::ArchiveReader;
+use super::restore::open_job_archive;
 use crate::config::Config;
 use crate::queue::Scheduler;
-use crate::store::{ArchiveKey, ArchiveStore, JobDb, Spool};
+use crate::store::{ArchiveStore, JobDb, Spool};
 use crate::types::{FailureKind, Job, JobState, JsonStats};
 
 /// What recovery found and did at start.
@@ -89,15 +89,7 @@ pub(super) fn recover(
 /// The size of the job's archive if one is in place and decodes to the job's
 /// exact segment; `None` means it must be (re)written.
 fn verified_archive(store: &dyn ArchiveStore, job: &Job) -> Option<(u64, Option<JsonStats>)> {
-    let key = ArchiveKey {
-        shard_id: job.shard_id,
-        log_id: job.log_id,
-    };
-    let input = store.open(key).ok()??;
-    let mut reader = ArchiveReader::open(input).ok()?;
-    if Some(reader.header().sha256.as_str()) != job.sha256.map(|d| d.to_hex()).as_deref() {
-        return None;
-    }
+    let mut reader = open_job_archive(store, job).ok()?;
     reader.copy_to(&mut std::io::sink()).ok()?;
     let metadata = reader.metadata()?;
     Some((metadata.archive_size, metadata.json))

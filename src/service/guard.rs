@@ -1,14 +1,20 @@
-//! One tower layer in front of every service: a cap on requests in flight
-//! (RESOURCE_EXHAUSTED past it), a deadline for unary calls only (a deadline on
-//! the whole handler would kill long uploads and watches), and a count of
+//! One tower layer in front of every service: caps on calls in flight
+//! (RESOURCE_EXHAUSTED past them), a deadline for unary calls only (a deadline
+//! on the whole handler would kill long uploads and watches), and a count of
 //! every refusal by gRPC code.
+//!
+//! Each class of call has its own cap, so one cannot crowd out another:
+//! unary calls `max_concurrent_requests`, watches `max_concurrent_watches`;
+//! pushes and restores are bounded by the engine (`max_concurrent_uploads`,
+//! `max_concurrent_restores`) and cut when idle. Health and reflection are
+//! behind no cap at all: a liveness probe must answer whatever clients do.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -16,28 +22,73 @@ use super::status::{code_name, refusal as status_of};
 use crate::error::ErrorKind;
 use crate::telemetry;
 
-/// Calls that stream, or may legitimately run long, get no deadline.
-const UNTIMED: [&str; 6] = [
-    "/walarchiver.v1.WalArchiver/Archive",
-    "/walarchiver.v1.WalArchiver/WatchJob",
-    "/walarchiver.v1.WalArchiver/Restore",
-    "/walarchiver.v1.WalArchiver/Verify",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-];
+/// How the guard treats a call, by its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// Health, reflection: never refused, never cut.
+    Open,
+    /// Bounded by the engine, cut when idle (Archive, Restore).
+    Stream,
+    /// A watch: counted for as long as its stream is open.
+    Watch,
+    /// Counted while it runs; `timed` ones get the unary deadline.
+    Unary { timed: bool },
+}
+
+fn classify(path: &str) -> Class {
+    const SERVICE: &str = "/walarchiver.v1.WalArchiver/";
+    match path.strip_prefix(SERVICE) {
+        Some("Archive" | "Restore") => Class::Stream,
+        Some("WatchJob") => Class::Watch,
+        // Verify reads every archive: legitimately long.
+        Some("Verify") => Class::Unary { timed: false },
+        Some(_) => Class::Unary { timed: true },
+        None => Class::Open,
+    }
+}
+
+/// A cap on calls of one class.
+#[derive(Clone)]
+struct Cap {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    key: &'static str,
+}
+
+impl Cap {
+    fn new(limit: usize, key: &'static str) -> Cap {
+        Cap {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            key,
+        }
+    }
+
+    fn take(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            status_of(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "{} calls of this kind are in flight already ({}); retry later",
+                    self.limit, self.key
+                ),
+            )
+        })
+    }
+}
 
 #[derive(Clone)]
 pub struct GuardLayer {
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
+    unary: Cap,
+    watches: Cap,
     unary_timeout: Duration,
 }
 
 impl GuardLayer {
-    pub fn new(max_in_flight: usize, unary_timeout: Duration) -> Self {
+    pub fn new(max_unary: usize, max_watches: usize, unary_timeout: Duration) -> Self {
         GuardLayer {
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
+            unary: Cap::new(max_unary, "max_concurrent_requests"),
+            watches: Cap::new(max_watches, "max_concurrent_watches"),
             unary_timeout,
         }
     }
@@ -84,19 +135,19 @@ where
         // The clone that was polled ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let timed = !UNTIMED.contains(&request.uri().path());
-        let permit = self.layer.in_flight.clone().try_acquire_owned();
-        let (max, timeout) = (self.layer.max_in_flight, self.layer.unary_timeout);
+        let class = classify(request.uri().path());
+        let permit = match class {
+            Class::Open | Class::Stream => Ok(None),
+            Class::Watch => self.layer.watches.take().map(Some),
+            Class::Unary { .. } => self.layer.unary.take().map(Some),
+        };
+        let timeout = self.layer.unary_timeout;
         Box::pin(async move {
-            let Ok(_permit) = permit else {
-                return Ok(refusal(status_of(
-                    ErrorKind::ResourceExhausted,
-                    format!(
-                        "{max} requests are in flight already (max_concurrent_requests); retry later"
-                    ),
-                )));
+            let permit = match permit {
+                Ok(permit) => permit,
+                Err(refused) => return Ok(refusal(refused)),
             };
-            let response = if timed {
+            let response = if class == (Class::Unary { timed: true }) {
                 match tokio::time::timeout(timeout, inner.call(request)).await {
                     Ok(response) => response?,
                     Err(_) => {
@@ -113,8 +164,44 @@ where
                 inner.call(request).await?
             };
             count_refusal(&response);
+            // A watch holds its slot until its stream ends.
+            let response = match (class, permit) {
+                (Class::Watch, Some(permit)) => response.map(|body| {
+                    tonic::body::Body::new(Holding {
+                        body,
+                        _permit: permit,
+                    })
+                }),
+                _ => response,
+            };
             Ok(response)
         })
+    }
+}
+
+/// A response body that keeps a permit until the body is done.
+struct Holding {
+    body: tonic::body::Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -159,7 +246,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
         });
-        let mut guard = GuardLayer::new(8, Duration::from_millis(20)).layer(slow);
+        let mut guard = GuardLayer::new(8, 8, Duration::from_millis(20)).layer(slow);
         let unary = guard
             .call(request("/walarchiver.v1.WalArchiver/GetShard"))
             .await

@@ -11,7 +11,7 @@ mod status;
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,8 @@ pub struct WalArchiverService {
     /// Fires when the service stops: ends watch streams and waits for ARCHIVED.
     stopping: CancellationToken,
     tokens: Tokens,
+    /// How long a stream may stay quiet (receive_idle_timeout).
+    idle: Duration,
 }
 
 impl WalArchiverService {
@@ -42,11 +44,13 @@ impl WalArchiverService {
         archiver: Arc<OnceLock<Archiver>>,
         stopping: CancellationToken,
         tokens: Tokens,
+        idle: Duration,
     ) -> Self {
         WalArchiverService {
             archiver,
             stopping,
             tokens,
+            idle,
         }
     }
 
@@ -81,13 +85,17 @@ impl WalArchiver for WalArchiverService {
     ) -> Result<Response<proto::ArchiveReply>, Status> {
         let started = Instant::now();
         let (_, extensions, mut stream) = request.into_parts();
-        let header = receive::header(&mut stream).await.map_err(status)?;
+        let header = receive::header(&mut stream, self.idle)
+            .await
+            .map_err(status)?;
         let segment = SegmentRequest::try_from(header).map_err(status)?;
         self.authorize(&extensions, Access::Push(segment.shard_id))?;
         let ack = segment.ack;
         let accepted = match self.archiver()?.begin(segment).await.map_err(status)? {
             Begin::Known(accepted) => *accepted,
-            Begin::Stream(upload) => receive::segment(*upload, stream).await.map_err(status)?,
+            Begin::Stream(upload) => receive::segment(*upload, stream, self.idle)
+                .await
+                .map_err(status)?,
         };
         let mut job = accepted.job;
         if ack == AckLevel::Archived && !job.state.is_terminal() {

@@ -5,6 +5,8 @@
 //! mid-upload as a clean end of stream; only the size and digest check in
 //! `Upload::finish` commits anything.
 
+use std::time::Duration;
+
 use tonic::{Status, Streaming};
 
 use crate::engine::{Accepted, EngineError, Upload};
@@ -21,6 +23,8 @@ pub enum ReceiveError {
     /// The stream broke; `kind` says whose fault it was.
     #[error("{message}")]
     Broken { kind: ErrorKind, message: String },
+    #[error("no segment header within {0} s (receive_idle_timeout)")]
+    NoHeader(u64),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -30,6 +34,7 @@ impl Classified for ReceiveError {
         match self {
             ReceiveError::Protocol(_) => ErrorKind::InvalidArgument,
             ReceiveError::Broken { kind, .. } => *kind,
+            ReceiveError::NoHeader(_) => ErrorKind::DeadlineExceeded,
             ReceiveError::Engine(e) => e.kind(),
         }
     }
@@ -60,11 +65,15 @@ impl From<Status> for ReceiveError {
     }
 }
 
-/// The first message, which must be the segment header.
+/// The first message, which must be the segment header, within `idle`.
 pub async fn header(
     stream: &mut Streaming<proto::ArchiveRequest>,
+    idle: Duration,
 ) -> Result<proto::SegmentHeader, ReceiveError> {
-    match stream.message().await? {
+    let first = tokio::time::timeout(idle, stream.message())
+        .await
+        .map_err(|_| ReceiveError::NoHeader(idle.as_secs()))?;
+    match first? {
         Some(proto::ArchiveRequest {
             msg: Some(Msg::Header(header)),
         }) => Ok(header),
@@ -77,15 +86,20 @@ pub async fn header(
     }
 }
 
-/// Reads data chunks and the optional trailer into `upload`, then finishes it.
+/// Reads data chunks and the optional trailer into `upload`, then finishes
+/// it. A stream that sends nothing for `idle` is cut.
 pub async fn segment(
     mut upload: Upload,
     mut stream: Streaming<proto::ArchiveRequest>,
+    idle: Duration,
 ) -> Result<Accepted, ReceiveError> {
     let mut trailer: Option<Trailer> = None;
     loop {
         let message = tokio::select! {
-            message = stream.message() => message,
+            message = tokio::time::timeout(idle, stream.message()) => match message {
+                Ok(message) => message,
+                Err(_) => return Err(upload.abort(EngineError::Idle(idle.as_secs())).await.into()),
+            },
             () = upload.cancelled() => {
                 let id = upload.job().map(|job| job.id).unwrap_or_default();
                 return Err(upload.abort(EngineError::Cancelled(id)).await.into());

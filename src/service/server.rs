@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -146,7 +146,12 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
     set_health(&health, ServingStatus::NotServing).await;
     let ready: Arc<OnceLock<Archiver>> = Arc::default();
     let stopping = CancellationToken::new();
-    let handlers = WalArchiverService::new(ready.clone(), stopping.clone(), tokens.clone());
+    let handlers = WalArchiverService::new(
+        ready.clone(),
+        stopping.clone(),
+        tokens.clone(),
+        Duration::from_secs(config.receive_idle_timeout),
+    );
     let service = WalArchiverServer::new(handlers)
         .max_decoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD)
         .max_encoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD);
@@ -159,9 +164,20 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let guard = GuardLayer::new(
         config.max_concurrent_requests,
+        config.max_concurrent_watches,
         Duration::from_millis(config.unary_timeout_ms),
     );
+    // Keepalive: a peer that died without closing (power loss, a cut
+    // network path) is noticed by the pings and probes, and its streams end.
+    let keepalive =
+        (config.keepalive_interval > 0).then(|| Duration::from_secs(config.keepalive_interval));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(keepalive)
+        .with_keepalive_interval(keepalive);
     let server = tls(Server::builder(), config)?
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(keepalive)
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_frame_size(Some(MAX_FRAME_SIZE))
@@ -170,10 +186,7 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stopping.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     Ok(Running {
         task: tokio::spawn(server),
         health,
