@@ -388,3 +388,88 @@ async fn restore_refuses_an_archive_of_another_segment() {
         assert!(sink.is_empty(), "no byte of the wrong segment was sent");
     }
 }
+
+/// A client may not ask for more than max_zstd_level, and one large slow job
+/// does not hold back a small segment of another shard: with one general
+/// worker busy, the small lane archives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn levels_are_capped_and_a_slow_job_does_not_starve_small_segments() {
+    let server = Server::start(&["--archive-parallelism", "1", "--multithread-min-size", "0"]);
+    let client = server.client().await;
+    let mut rpc = server.rpc().await;
+    let small = json_segment(5, 20_000);
+    let mut greedy = header(2, 1, &small);
+    greedy.zstd_level = Some(22);
+    let refused = push(&mut rpc, greedy, &small).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("max_zstd_level"),
+        "{}",
+        refused.message()
+    );
+
+    // 40 MiB at level 19 keeps the one general worker busy for seconds.
+    let big = json_segment(6, 40 << 20);
+    let mut slow = header(1, 1, &big);
+    slow.zstd_level = Some(19);
+    let big_job = push(&mut rpc, slow, &big).await.unwrap().job.unwrap();
+    eventually(LIMIT, || async {
+        (client.job(big_job.job_id).await.ok()?.state == JobState::Compressing).then_some(())
+    })
+    .await;
+    let mut quick = header(2, 1, &small);
+    quick.ack = proto::AckLevel::Archived as i32;
+    push(&mut rpc, quick, &small).await.unwrap();
+    assert_eq!(
+        client.job(big_job.job_id).await.unwrap().state,
+        JobState::Compressing,
+        "the small segment was archived while the large one was still compressing"
+    );
+    client.cancel(big_job.job_id).await.unwrap();
+}
+
+/// A second server on the same data dir (a systemd mistake, a shared volume)
+/// exits at once naming the data dir and the holder; the first goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let server = Server::start(&[]);
+    let mut second = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&server.data_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut second, Duration::from_secs(30));
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&server.data_dir.display().to_string())
+            && stderr.contains(&format!("pid {}", server.pid())),
+        "{stderr}"
+    );
+    let data = json_segment(1, 10_000);
+    let mut rpc = server.rpc().await;
+    let mut h = header(1, 1, &data);
+    h.ack = proto::AckLevel::Archived as i32;
+    push(&mut rpc, h, &data).await.unwrap();
+}
+
+/// SIGHUP, which operators and log rotators send by habit, never kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_a_tokens_file_is_logged_and_ignored() {
+    let server = Server::start(&[]);
+    signal(server.pid(), libc::SIGHUP);
+    let log = eventually(LIMIT, || async {
+        let log = server.log_text();
+        log.contains("SIGHUP").then_some(log)
+    })
+    .await;
+    assert!(log.contains("nothing to reload"), "{log}");
+    server.client().await.shard(1).await.unwrap_err();
+    assert!(
+        std::fs::metadata(format!("/proc/{}", server.pid())).is_ok(),
+        "still running"
+    );
+}

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::args::ServeArgs;
 use wal_archiver::config::{Config, LogFormat};
@@ -12,16 +13,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref(), std::env::vars(), &args.flags)?;
     init_tracing(config.log_format);
     // Install the handlers now, not when the future is first polled: a
-    // SIGTERM that arrives before then would kill the process outright
-    // instead of draining it.
-    use tokio::signal::unix::{SignalKind, signal};
+    // signal that arrives before then would kill the process outright
+    // instead of draining it (SIGHUP's default action is to die, too).
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    let hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    tokio::spawn(log_hangups(hangup, config.tokens_file.is_some()));
     let shutdown = async move {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received: draining"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received: draining"),
         }
+        // A second signal means: stop now. Acknowledged work is durable
+        // (as after a crash); running compressions start over at the next start.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::warn!(
+                "second signal: stopping at once; running compressions resume at the next start"
+            );
+            std::process::exit(1);
+        });
     };
     wal_archiver::service::serve(config, shutdown, |addr| {
         // Scripts and tests read this line to learn the port (useful with port 0).
@@ -29,6 +43,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP reloads what is reloadable (the tokens file, whose watcher acts on
+/// it too) and never kills.
+async fn log_hangups(mut hangup: Signal, has_tokens: bool) {
+    while hangup.recv().await.is_some() {
+        if has_tokens {
+            tracing::info!("SIGHUP received: reloading the tokens file");
+        } else {
+            tracing::info!("SIGHUP received: nothing to reload (no tokens_file)");
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -19,6 +19,8 @@ const CANCEL_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub(super) struct Jobs {
+    /// A watcher that reads nothing for this long is dropped.
+    pub idle: Duration,
     pub db: Arc<JobDb>,
     pub spool: Arc<Spool>,
     pub scheduler: Arc<Scheduler>,
@@ -68,7 +70,7 @@ impl Jobs {
         tx: &mpsc::Sender<Result<Job, EngineError>>,
     ) -> Result<(), EngineError> {
         let mut last = self.get(id).await?;
-        if tx.send(Ok(last.clone())).await.is_err() {
+        if !self.send(tx, Ok(last.clone())).await {
             return Ok(());
         }
         while !last.state.is_terminal() {
@@ -83,13 +85,25 @@ impl Jobs {
                 () = tx.closed() => return Ok(()),
             };
             if next.state != last.state {
-                if tx.send(Ok(next.clone())).await.is_err() {
+                if !self.send(tx, Ok(next.clone())).await {
                     return Ok(());
                 }
                 last = next;
             }
         }
         Ok(())
+    }
+
+    /// `false` when the watcher went away or read nothing for `idle`.
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<Job, EngineError>>,
+        item: Result<Job, EngineError>,
+    ) -> bool {
+        matches!(
+            tokio::time::timeout(self.idle, tx.send(item)).await,
+            Ok(Ok(()))
+        )
     }
 
     pub async fn wait_terminal(&self, id: JobId) -> Result<Job, EngineError> {

@@ -40,7 +40,7 @@ pub use recovery::RecoveryReport;
 use crate::config::Config;
 use crate::error::IoError;
 use crate::queue::{Interrupt, Scheduler, WorkerPool};
-use crate::store::{ArchiveKey, ArchiveStore, JobDb, Spool};
+use crate::store::{ArchiveKey, ArchiveStore, DataDirLock, JobDb, Spool};
 use crate::types::{
     Job, JobFilter, JobId, LogId, SegmentRequest, ShardId, ShardStatus, VerifyReport,
 };
@@ -58,6 +58,8 @@ pub struct Archiver {
 }
 
 struct Parts {
+    /// Held for the engine's life: one server per data dir.
+    _lock: DataDirLock,
     config: Arc<Config>,
     intake: Arc<Intake>,
     jobs: Jobs,
@@ -81,6 +83,8 @@ impl Archiver {
         let data_dir = &config.data_dir;
         std::fs::create_dir_all(data_dir)
             .map_err(IoError::with(format!("creating {}", data_dir.display())))?;
+        // Before anything reads or recovers the data dir.
+        let lock = DataDirLock::acquire(data_dir)?;
         let db = Arc::new(JobDb::open(&data_dir.join("jobs.db"))?);
         let spool = Arc::new(Spool::open(data_dir.join("spool"))?);
         let scheduler = Arc::new(Scheduler::new(config.archive_queue_size));
@@ -113,6 +117,7 @@ impl Archiver {
         )
         .map_err(IoError::with("starting the stall watchdog"))?;
         let parts = Parts {
+            _lock: lock,
             intake: Arc::new(Intake {
                 config: config.clone(),
                 db: db.clone(),
@@ -128,6 +133,7 @@ impl Archiver {
                 )),
             }),
             jobs: Jobs {
+                idle: Duration::from_secs(config.receive_idle_timeout),
                 db: db.clone(),
                 spool: spool.clone(),
                 scheduler: scheduler.clone(),

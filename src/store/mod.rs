@@ -8,12 +8,14 @@
 
 mod db;
 mod local;
+mod lock;
 mod spool;
 
 use std::io::{Read, Write};
 
 pub use db::{InsertOutcome, JobDb, Received};
 pub use local::{ARCHIVE_SUFFIX, LocalStore};
+pub use lock::DataDirLock;
 pub use spool::{Spool, sync_dir};
 
 use crate::error::{Classified, ErrorKind, IoError};
@@ -37,6 +39,14 @@ pub enum StoreError {
     /// Any other refusal by the archive store (permissions, a bad bucket).
     #[error("archive store: {0}")]
     Backend(String),
+    #[error(
+        "the data dir {} is in use by another wal-archiver ({holder}); two servers on one data dir would undo each other's work",
+        .data_dir.display()
+    )]
+    Locked {
+        data_dir: std::path::PathBuf,
+        holder: String,
+    },
 }
 
 impl Classified for StoreError {
@@ -45,6 +55,7 @@ impl Classified for StoreError {
             StoreError::Io(e) => e.kind(),
             StoreError::Exists { .. } => ErrorKind::AlreadyExists,
             StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Locked { .. } => ErrorKind::FailedPrecondition,
             StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Backend(_) => {
                 ErrorKind::Internal
             }
