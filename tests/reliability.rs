@@ -473,3 +473,159 @@ async fn sighup_without_a_tokens_file_is_logged_and_ignored() {
         "still running"
     );
 }
+
+/// A damaged or missing archive is repaired by pushing the same segment
+/// again, whether its digest comes in the header or the trailer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_archive_is_repaired_by_a_push_of_the_same_bytes() {
+    let server = Server::start(&[]);
+    let client = server.client().await;
+    let mut rpc = server.rpc().await;
+    let dir = tempfile::tempdir().unwrap();
+    for log_id in [1u64, 2] {
+        let data = json_segment(log_id, 80_000);
+        std::fs::write(dir.path().join(format!("{log_id}.wal")), &data).unwrap();
+        let mut h = header(1, log_id, &data);
+        h.ack = proto::AckLevel::Archived as i32;
+        push(&mut rpc, h, &data).await.unwrap();
+    }
+    // log_id 1: one flipped byte; log_id 2: the archive is gone.
+    let path = server.archive_path(1, 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::remove_file(server.archive_path(1, 2)).unwrap();
+    let report = client.verify(Some(1)).await.unwrap();
+    assert_eq!(report.problems.len(), 2, "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.problem.contains("push the segment again to repair it")),
+        "{report:?}"
+    );
+
+    // Digest in the header (the raw push), then in the trailer (the client).
+    let data = json_segment(1, 80_000);
+    let mut h = header(1, 1, &data);
+    h.ack = proto::AckLevel::Archived as i32;
+    let repaired = push(&mut rpc, h, &data).await.unwrap();
+    assert!(
+        !repaired.deduplicated,
+        "a damaged archive is not a duplicate"
+    );
+    let options = wal_archiver::client::PushOptions {
+        ack: wal_archiver::types::AckLevel::Archived,
+        ..Default::default()
+    };
+    let again = client
+        .push_file(1, 2, &dir.path().join("2.wal"), &options)
+        .await
+        .unwrap();
+    assert!(!again.deduplicated);
+    assert_eq!(again.job.state, JobState::Archived);
+
+    let report = client.verify(Some(1)).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    for log_id in [1u64, 2] {
+        assert_eq!(
+            zstd_decode(&server.archive_path(1, log_id)),
+            json_segment(log_id, 80_000)
+        );
+    }
+    // And a push of intact archives' bytes is still a plain duplicate.
+    let data = json_segment(1, 80_000);
+    assert!(
+        push(&mut rpc, header(1, 1, &data), &data)
+            .await
+            .unwrap()
+            .deduplicated
+    );
+    assert_eq!(client.shard(1).await.unwrap().archived_watermark, Some(2));
+}
+
+/// During shutdown_grace the server keeps answering: health NOT_SERVING,
+/// pushes UNAVAILABLE, reads answered, watches ended with a status that says
+/// why; a second SIGTERM stops at once; the interrupted job resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_during_the_grace_period() {
+    let mut server = Server::start(&[
+        "--shutdown-grace",
+        "120",
+        "--archive-parallelism",
+        "1",
+        "--small-job-size",
+        "0",
+        "--multithread-min-size",
+        "0",
+    ]);
+    let client = server.client().await;
+    let mut rpc = server.rpc().await;
+    let big = json_segment(6, 40 << 20);
+    let mut slow = header(1, 1, &big);
+    slow.zstd_level = Some(19);
+    let job = push(&mut rpc, slow, &big).await.unwrap().job.unwrap();
+    eventually(LIMIT, || async {
+        (client.job(job.job_id).await.ok()?.state == JobState::Compressing).then_some(())
+    })
+    .await;
+    let mut watch = rpc
+        .watch_job(proto::WatchJobRequest { job_id: job.job_id })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    let pid = server.pid();
+    signal(pid, libc::SIGTERM);
+
+    let ended = tokio::time::timeout(LIMIT, watch.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("stopping"), "{}", ended.message());
+    // A new connection during the grace period is answered.
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    let fresh = server
+        .client()
+        .await
+        .retry_policy(wal_archiver::client::RetryPolicy::none());
+    assert_eq!(
+        fresh.job(job.job_id).await.unwrap().state,
+        JobState::Compressing
+    );
+    let small = json_segment(7, 10_000);
+    let mut rpc = server.rpc().await;
+    let refused = push(&mut rpc, header(2, 1, &small), &small)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    signal(pid, libc::SIGTERM);
+    let exited = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        !exited.success(),
+        "a second signal stops at once: {exited:?}"
+    );
+    server.restart();
+    let client = server.client().await;
+    assert_eq!(
+        client.wait(job.job_id).await.unwrap().state,
+        JobState::Archived
+    );
+}

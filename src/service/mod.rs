@@ -32,7 +32,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct WalArchiverService {
     /// Set once recovery is done; until then calls get UNAVAILABLE.
     archiver: Arc<OnceLock<Archiver>>,
-    /// Fires when the service stops: ends watch streams and waits for ARCHIVED.
+    /// Fires when draining starts: ends watch streams.
+    draining: CancellationToken,
+    /// Fires when the service stops: ends waits for ARCHIVED.
     stopping: CancellationToken,
     tokens: Tokens,
     /// How long a stream may stay quiet (receive_idle_timeout).
@@ -42,12 +44,14 @@ pub struct WalArchiverService {
 impl WalArchiverService {
     pub fn new(
         archiver: Arc<OnceLock<Archiver>>,
+        draining: CancellationToken,
         stopping: CancellationToken,
         tokens: Tokens,
         idle: Duration,
     ) -> Self {
         WalArchiverService {
             archiver,
+            draining,
             stopping,
             tokens,
             idle,
@@ -155,12 +159,23 @@ impl WalArchiver for WalArchiverService {
         let id = JobId(request.get_ref().job_id);
         // Refuse an unknown job with a status rather than a stream that errors.
         self.readable_job(&request, id).await?;
+        let draining = self.draining.clone();
         let states = self
             .archiver()?
             .watch(id)
             .map(|item| item.map(Into::into).map_err(status))
-            .take_until(self.stopping.clone().cancelled_owned());
-        Ok(Response::new(Box::pin(states)))
+            .take_until(draining.clone().cancelled_owned());
+        // A watch cut by the shutdown says so, rather than just ending.
+        let why_ended = futures::stream::once(async move {
+            draining.is_cancelled().then(|| {
+                Err(status::refusal(
+                    ErrorKind::Unavailable,
+                    "the server is stopping; watch the job again once it is back",
+                ))
+            })
+        })
+        .filter_map(std::future::ready);
+        Ok(Response::new(Box::pin(states.chain(why_ended))))
     }
 
     async fn cancel_job(

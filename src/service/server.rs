@@ -68,6 +68,7 @@ struct Running {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     health: HealthReporter,
     ready: Arc<OnceLock<Archiver>>,
+    draining: CancellationToken,
     stopping: CancellationToken,
 }
 
@@ -145,9 +146,11 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let ready: Arc<OnceLock<Archiver>> = Arc::default();
+    let draining = CancellationToken::new();
     let stopping = CancellationToken::new();
     let handlers = WalArchiverService::new(
         ready.clone(),
+        draining.clone(),
         stopping.clone(),
         tokens.clone(),
         Duration::from_secs(config.receive_idle_timeout),
@@ -191,6 +194,7 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
         task: tokio::spawn(server),
         health,
         ready,
+        draining,
         stopping,
     })
 }
@@ -221,6 +225,7 @@ async fn drain(
     );
     set_health(&running.health, ServingStatus::NotServing).await;
     archiver.start_draining();
+    running.draining.cancel();
     archiver.shutdown(grace).await;
     running.stopping.cancel();
     match tokio::time::timeout(grace.max(Duration::from_secs(1)), &mut running.task).await {

@@ -90,6 +90,12 @@ impl Server {
         wait_with_timeout(&mut child, Duration::from_secs(60))
     }
 
+    /// Waits for the server to exit by itself (after signals the test sent).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        wait_with_timeout(&mut child, limit)
+    }
+
     /// Starts again on the same data dir with the same flags (a new port).
     pub fn restart(&mut self) {
         self.kill();
