@@ -127,6 +127,30 @@ config_keys! {
     max_concurrent_requests: usize = 1024;
     /// HTTP/2 streams one connection may have open at once.
     max_streams_per_connection: u32 = 256;
+    /// Where archives are stored: local (below data_dir) or s3 (an S3-compatible bucket).
+    storage: StorageKind = StorageKind::Local;
+    /// S3 endpoint URL for non-AWS stores, e.g. http://127.0.0.1:3900 (plain http when the URL says so); unset means AWS.
+    s3_endpoint: Option<String> = None;
+    /// S3 bucket the archives go to (needed with storage = s3).
+    s3_bucket: Option<String> = None;
+    /// S3 region (signing region; Garage's default is "garage").
+    s3_region: String = "us-east-1".to_owned();
+    /// Key prefix of every archive in the bucket, e.g. "prod/"; a missing trailing slash is added.
+    s3_prefix: String = String::new();
+    /// Path-style S3 requests (endpoint/bucket/key), as most non-AWS stores want; false means virtual-hosted style.
+    s3_path_style: bool = true, switch = "true";
+    /// Archives bigger than this go up as a multipart upload in parts of this size (at least 5 MiB), in bytes.
+    s3_part_size: u64 = 8 << 20;
+    /// Parts of one multipart upload sent at once; memory per upload is about part size × (this + 1).
+    s3_upload_concurrency: usize = 2;
+    /// Seconds one archive-store request may go without an answer (per attempt; a stream's reads each get this).
+    storage_timeout: u64 = 60;
+    /// Times a failed archive-store request is retried, with capped exponential backoff.
+    storage_retries: u32 = 5;
+    /// File holding the S3 access key id (instead of AWS_ACCESS_KEY_ID).
+    s3_access_key_id_file: Option<PathBuf> = None;
+    /// File holding the S3 secret access key (instead of AWS_SECRET_ACCESS_KEY).
+    s3_secret_access_key_file: Option<PathBuf> = None;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -136,6 +160,20 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// The archive store backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    #[default]
+    Local,
+    S3,
+}
+
+/// S3 refuses parts below this size, except the last.
+pub const S3_MIN_PART_SIZE: u64 = 5 << 20;
+/// S3's largest part.
+const S3_MAX_PART_SIZE: u64 = 5 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -200,7 +238,8 @@ impl Config {
             let flag = format!("--{}", key.replace('_', "-"));
             set(&mut merged, key, &value, || format!("flag {flag} {value}"))?;
         }
-        let config = into_config(merged).map_err(ConfigError::Invalid)?;
+        let mut config = into_config(merged).map_err(ConfigError::Invalid)?;
+        config.s3_prefix = normalise_prefix(&config.s3_prefix);
         config.validate()?;
         Ok(config)
     }
@@ -250,6 +289,54 @@ impl Config {
         if self.max_concurrent_uploads == 0 {
             return invalid("max_concurrent_uploads must be at least 1");
         }
+        self.validate_storage()
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.storage_timeout == 0 {
+            return invalid("storage_timeout must be at least 1 second".into());
+        }
+        if self.storage != StorageKind::S3 {
+            return Ok(());
+        }
+        if self.s3_bucket.as_deref().is_none_or(str::is_empty) {
+            return invalid("storage = s3 needs s3_bucket".into());
+        }
+        match self.s3_endpoint.as_deref() {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return invalid(format!(
+                    "s3_endpoint {url:?} must be an http:// or https:// URL"
+                ));
+            }
+            None if self.s3_region.is_empty() => {
+                return invalid("storage = s3 needs s3_endpoint or s3_region".into());
+            }
+            _ => {}
+        }
+        if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&self.s3_part_size) {
+            return invalid(format!(
+                "s3_part_size must be between {S3_MIN_PART_SIZE} (5 MiB, S3's smallest part) and {S3_MAX_PART_SIZE} (5 GiB)"
+            ));
+        }
+        if self.s3_upload_concurrency == 0 {
+            return invalid("s3_upload_concurrency must be at least 1".into());
+        }
+        let prefix = normalise_prefix(&self.s3_prefix);
+        let bad_segment = |part: &str| part.is_empty() || part == "." || part == "..";
+        if let Some(segments) = prefix.strip_suffix('/')
+            && segments.split('/').any(bad_segment)
+        {
+            return invalid(format!(
+                "s3_prefix {:?} must be path segments separated by single slashes, without . or ..",
+                self.s3_prefix
+            ));
+        }
+        if self.s3_access_key_id_file.is_some() != self.s3_secret_access_key_file.is_some() {
+            return invalid(
+                "s3_access_key_id_file and s3_secret_access_key_file go together".into(),
+            );
+        }
         Ok(())
     }
 
@@ -281,6 +368,16 @@ fn available_cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// An S3 key prefix as the store uses it: empty, or ending with one `/`.
+pub fn normalise_prefix(prefix: &str) -> String {
+    let prefix = prefix.trim_start_matches('/');
+    if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}/")
+    }
 }
 
 fn into_config(table: toml::Table) -> Result<Config, String> {
@@ -386,6 +483,77 @@ mod tests {
             err.to_string().contains("flag --archive-queue-size x"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn s3_storage_is_checked_and_its_prefix_normalised() {
+        let load = |pairs: &[(&str, &str)]| {
+            let env = pairs
+                .iter()
+                .map(|(k, v)| (format!("{ENV_PREFIX}{}", k.to_uppercase()), v.to_string()))
+                .collect::<Vec<_>>();
+            Config::load(None, env, &ConfigFlags::default())
+        };
+        let config = load(&[
+            ("storage", "s3"),
+            ("s3_bucket", "wal"),
+            ("s3_endpoint", "http://127.0.0.1:3900"),
+            ("s3_prefix", "/prod/eu"),
+        ])
+        .unwrap();
+        assert_eq!(config.storage, StorageKind::S3);
+        assert_eq!(config.s3_prefix, "prod/eu/");
+        assert_eq!(config.s3_part_size, 8 << 20);
+        assert!(config.s3_path_style);
+
+        let refused = |pairs: &[(&str, &str)], says: &str| {
+            let err = load(pairs).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        };
+        refused(&[("storage", "s3")], "needs s3_bucket");
+        refused(&[("storage", "gcs")], "expected `local` or `s3`");
+        refused(
+            &[
+                ("storage", "s3"),
+                ("s3_bucket", "b"),
+                ("s3_part_size", "1048576"),
+            ],
+            "s3_part_size must be between",
+        );
+        refused(
+            &[
+                ("storage", "s3"),
+                ("s3_bucket", "b"),
+                ("s3_endpoint", "127.0.0.1:3900"),
+            ],
+            "http:// or https://",
+        );
+        refused(
+            &[("storage", "s3"), ("s3_bucket", "b"), ("s3_prefix", "a//b")],
+            "single slashes",
+        );
+        refused(
+            &[("storage", "s3"), ("s3_bucket", "b"), ("s3_region", "")],
+            "s3_endpoint or s3_region",
+        );
+        refused(
+            &[
+                ("storage", "s3"),
+                ("s3_bucket", "b"),
+                ("s3_upload_concurrency", "0"),
+            ],
+            "s3_upload_concurrency",
+        );
+        refused(
+            &[
+                ("storage", "s3"),
+                ("s3_bucket", "b"),
+                ("s3_access_key_id_file", "/k"),
+            ],
+            "go together",
+        );
+        // The local store ignores the S3 keys.
+        assert!(load(&[("s3_part_size", "1")]).is_ok());
     }
 
     #[test]

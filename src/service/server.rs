@@ -20,11 +20,11 @@ use tonic_health::server::HealthReporter;
 use super::auth::{Tokens, TokensError};
 use super::guard::GuardLayer;
 use super::{WalArchiverService, background};
-use crate::config::Config;
+use crate::config::{Config, StorageKind};
 use crate::engine::{Archiver, EngineError};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wal_archiver_server::WalArchiverServer;
-use crate::store::{ArchiveStore, LocalStore, StoreError};
+use crate::store::{ArchiveStore, LocalStore, S3Options, S3Store, StoreError};
 
 /// Room for the non-data fields of a request next to a `max_chunk_size` chunk.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
@@ -47,7 +47,7 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Engine(#[from] EngineError),
-    #[error("archive store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -203,8 +203,13 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
 async fn open_engine(config: &Config) -> Result<Archiver, ServeError> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
-        let store: Arc<dyn ArchiveStore> =
-            Arc::new(LocalStore::open(config.data_dir.join("archives"))?);
+        let store: Arc<dyn ArchiveStore> = match config.storage {
+            StorageKind::Local => Arc::new(LocalStore::open(config.data_dir.join("archives"))?),
+            StorageKind::S3 => {
+                let options = S3Options::from_config(&config, std::env::vars())?;
+                Arc::new(S3Store::open(options, tokio::runtime::Handle::current())?)
+            }
+        };
         let (archiver, _report) = Archiver::open(config, store)?;
         Ok::<_, ServeError>(archiver)
     })
@@ -249,6 +254,11 @@ fn tls(builder: Server, config: &Config) -> Result<Server, ServeError> {
         std::fs::read(path)
             .map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))
     };
+    // object_store's S3 client brings rustls' aws-lc-rs provider next to the
+    // ring one tonic uses; with both compiled in, rustls cannot pick a default
+    // and tonic's server config would panic. Ours is ring (an error only means
+    // one was installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
     if let Some(ca) = &config.tls_client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));

@@ -9,6 +9,7 @@
 mod db;
 mod local;
 mod lock;
+mod s3;
 mod spool;
 
 use std::io::{Read, Write};
@@ -16,6 +17,7 @@ use std::io::{Read, Write};
 pub use db::{InsertOutcome, JobDb, Received};
 pub use local::{ARCHIVE_SUFFIX, LocalStore};
 pub use lock::DataDirLock;
+pub use s3::{S3Credentials, S3Options, S3Store, UPLOADS_DIR};
 pub use spool::{Spool, sync_dir};
 
 use crate::error::{Classified, ErrorKind, IoError};

@@ -3,6 +3,10 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod garage;
+pub mod storage;
+
+pub use storage::{Backend, S3Target};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -24,7 +28,11 @@ pub struct Server {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    pub backend: Backend,
+    /// The server's bucket and key prefix, with the S3 backend.
+    pub s3: Option<S3Target>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
     /// The log lives apart from the data dir, which a test may fill up.
     _log_dir: tempfile::TempDir,
@@ -42,15 +50,28 @@ impl Server {
     /// Starts a server on `data_dir` (kept as it is).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Server::spawn_with(data_dir, args, Vec::new(), Backend::Local, None)
+    }
+
+    fn spawn_with(
+        data_dir: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        backend: Backend,
+        s3: Option<S3Target>,
+    ) -> Server {
         let log_dir = tempfile::tempdir().expect("log dir");
         let log = log_dir.path().join("server.log");
-        let (child, addr) = spawn(data_dir, &args, &log);
+        let (child, addr) = spawn(data_dir, &args, &env, &log);
         Server {
             child: Some(child),
             addr,
             data_dir: data_dir.to_owned(),
             log,
+            backend,
+            s3,
             args,
+            env,
             _dir: None,
             _log_dir: log_dir,
         }
@@ -99,7 +120,7 @@ impl Server {
     /// Starts again on the same data dir with the same flags (a new port).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, addr) = spawn(&self.data_dir, &self.args, &self.log);
+        let (child, addr) = spawn(&self.data_dir, &self.args, &self.env, &self.log);
         self.child = Some(child);
         self.addr = addr;
     }
@@ -150,7 +171,12 @@ impl Drop for Server {
     }
 }
 
-fn spawn(data_dir: &Path, args: &[String], log: &Path) -> (Child, SocketAddr) {
+fn spawn(
+    data_dir: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> (Child, SocketAddr) {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -163,6 +189,7 @@ fn spawn(data_dir: &Path, args: &[String], log: &Path) -> (Child, SocketAddr) {
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info")
         .env_remove("WAL_ARCHIVER_SERVER")
         .stdin(Stdio::null())
