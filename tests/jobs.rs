@@ -97,7 +97,14 @@ async fn watch_sees_every_state_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_in_every_state() {
-    let server = Server::start(&["--archive-parallelism", "1", "--multithread-min-size", "0"]);
+    let server = Server::start(&[
+        "--archive-parallelism",
+        "1",
+        "--multithread-min-size",
+        "0",
+        "--small-job-size",
+        "0",
+    ]);
     let client = server.client().await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -240,6 +247,9 @@ async fn two_shards_progress_while_a_third_is_flooded() {
     let server = Server::start(&[
         "--archive-parallelism",
         "1",
+        // One worker and no small lane: a queued job stays queued.
+        "--small-job-size",
+        "0",
         "--archive-queue-size",
         "64",
         "--multithread-min-size",
@@ -277,6 +287,9 @@ async fn sigterm_drains_and_queued_jobs_survive() {
     let mut server = Server::start(&[
         "--archive-parallelism",
         "1",
+        // One worker and no small lane: a queued job stays queued.
+        "--small-job-size",
+        "0",
         "--shutdown-grace",
         "1",
         "--multithread-min-size",
@@ -336,7 +349,11 @@ async fn sigterm_drains_and_queued_jobs_survive() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     drop(health);
-    assert!(server.terminate().success(), "exit code 0 after draining");
+    // No second SIGTERM: that would mean "stop now".
+    assert!(
+        server.wait_exit(Duration::from_secs(60)).success(),
+        "exit code 0 after draining"
+    );
 
     server.restart();
     let client = server.client().await;

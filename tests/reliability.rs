@@ -629,3 +629,26 @@ async fn shutdown_answers_during_the_grace_period() {
         JobState::Archived
     );
 }
+
+/// Many tiny chunks are gathered before they are hashed and spooled; the
+/// segment still arrives byte-exact, and a damaged one is still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_chunks_are_gathered_and_still_verified() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let data = json_segment(8, 40_000);
+    let mut h = header(1, 1, &data);
+    h.ack = proto::AckLevel::Archived as i32;
+    let mut messages = vec![header_msg(h.clone())];
+    messages.extend(data_msgs(&data, 1));
+    send(&mut rpc, messages).await.unwrap();
+    assert_eq!(zstd_decode(&server.archive_path(1, 1)), data);
+
+    let mut damaged = data.clone();
+    damaged[30_000] ^= 1;
+    h.log_id = 2;
+    let mut messages = vec![header_msg(h)];
+    messages.extend(data_msgs(&damaged, 3));
+    let refused = send(&mut rpc, messages).await.unwrap_err();
+    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+}

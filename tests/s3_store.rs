@@ -16,7 +16,7 @@ use common::garage::{self, Garage};
 use common::storage::unique_prefix;
 use wal_archiver::store::{
     ArchiveKey, ArchiveMeta, ArchiveStore, PendingArchive, S3Credentials, S3Options, S3Store,
-    StoreError,
+    StoreError, WriteMode,
 };
 use wal_archiver::types::Digest;
 
@@ -137,7 +137,9 @@ fn the_store_writes_reads_lists_and_removes() {
             Vec::new(),
         ),
     ] {
-        let mut pending = store.create(key, Some(&meta(key, &data))).unwrap();
+        let mut pending = store
+            .create(key, Some(&meta(key, &data)), WriteMode::Create)
+            .unwrap();
         pending.write_all(&data).unwrap();
         pending.commit(&meta(key, &data)).unwrap();
         let info = store.stat(key).unwrap().expect("an object");
@@ -170,7 +172,9 @@ fn the_store_writes_reads_lists_and_removes() {
 /// An upload past its first parts, not committed.
 fn multipart_in_progress(store: &S3Store, seed: u64) -> Box<dyn PendingArchive> {
     let data = random_bytes(seed, 12 * MIB);
-    let mut pending = store.create(KEY, Some(&meta(KEY, &data))).unwrap();
+    let mut pending = store
+        .create(KEY, Some(&meta(KEY, &data)), WriteMode::Create)
+        .unwrap();
     pending.write_all(&data).unwrap();
     pending
 }
@@ -227,7 +231,7 @@ fn a_paused_store_is_unavailable_within_the_deadline_and_never_hangs() {
     options.retries = 2;
     let store = std::sync::Arc::new(S3Store::open(options, runtime.handle().clone()).unwrap());
     let data = b"written before the pause".to_vec();
-    let mut pending = store.create(KEY, None).unwrap();
+    let mut pending = store.create(KEY, None, WriteMode::Create).unwrap();
     pending.write_all(&data).unwrap();
     pending.commit(&meta(KEY, &data)).unwrap();
 
@@ -247,7 +251,7 @@ fn a_paused_store_is_unavailable_within_the_deadline_and_never_hangs() {
                     shard_id: 3,
                     log_id: 11,
                 };
-                let mut pending = s.create(key, None)?;
+                let mut pending = s.create(key, None, WriteMode::Create)?;
                 pending.write_all(b"x").unwrap();
                 pending.commit(&meta(key, b"x"))
             }),
@@ -316,7 +320,7 @@ fn fake_store(endpoint: &str, runtime: &tokio::runtime::Runtime, dir: &Path) -> 
 }
 
 fn commit_small(store: &S3Store) -> Result<(), StoreError> {
-    let mut pending = store.create(KEY, None)?;
+    let mut pending = store.create(KEY, None, WriteMode::Create)?;
     pending.write_all(b"bytes").unwrap();
     pending.commit(&meta(KEY, b"bytes"))
 }

@@ -367,3 +367,144 @@ fn public_address_needs_tokens_or_an_explicit_opt_out() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("WITHOUT BOTH TLS AND TOKENS"), "{stderr}");
 }
+
+/// An emptied tokens file would lock everyone out: it is refused on reload
+/// (and at start), and the tokens in force stay. A file that others can read
+/// while it holds plain secrets is warned about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_tokens_file_is_refused_and_readable_secrets_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    write_tokens(&tokens, "");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(&["--tokens-file", tokens.to_str().unwrap()]);
+    let log = server.log_text();
+    assert!(
+        log.contains("readable by group or others") && log.contains("plain secrets"),
+        "{log}"
+    );
+    let admin = client_with(&server, Some(ADMIN_SECRET)).await;
+    std::fs::write(&tokens, "# all tokens removed by mistake\n").unwrap();
+    signal(server.pid(), libc::SIGHUP);
+    eventually(Duration::from_secs(30), || async {
+        server
+            .log_text()
+            .contains("defines no tokens")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        code(admin.shard(1).await),
+        Code::NotFound,
+        "the admin token still works"
+    );
+
+    let refused = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tokens-file"])
+        .arg(&tokens)
+        .arg("--data-dir")
+        .arg(dir.path().join("other-data"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("defines no tokens"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+/// A shard token asking for another shard's job learns nothing: it gets the
+/// same NOT_FOUND as for a job that does not exist, so ids cannot be probed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_other_shards_look_like_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    write_tokens(&tokens, "");
+    let server = Server::start(&["--tokens-file", tokens.to_str().unwrap()]);
+    let admin = client_with(&server, Some(ADMIN_SECRET)).await;
+    let wal = segment_file(dir.path(), "wal-1.log", 1);
+    let other_shard = admin
+        .push_file(2, 1, &wal, &PushOptions::default())
+        .await
+        .unwrap();
+    let shard = client_with(&server, Some(SHARD_SECRET)).await;
+    let foreign = shard.job(other_shard.job.id).await.unwrap_err();
+    let missing = shard.job(999_999).await.unwrap_err();
+    assert_eq!(foreign.code(), Some(Code::NotFound), "{foreign}");
+    assert_eq!(missing.code(), Some(Code::NotFound), "{missing}");
+    assert_eq!(
+        foreign
+            .to_string()
+            .replace(&other_shard.job.id.to_string(), "N"),
+        missing.to_string().replace("999999", "N")
+    );
+    assert_eq!(
+        shard
+            .watch(other_shard.job.id)
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(Code::NotFound)
+    );
+}
+
+/// A token revoked while its upload streams cannot commit that upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_during_an_upload_stops_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    write_tokens(&tokens, "");
+    let server = Server::start(&["--tokens-file", tokens.to_str().unwrap()]);
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {SHARD_SECRET}").parse().unwrap();
+    let mut rpc = wal_archiver::proto::wal_archiver_client::WalArchiverClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            Ok(request)
+        },
+    );
+    let data = json_segment(4, 100_000);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    let upload = tokio::spawn(async move {
+        rpc.archive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let admin = client_with(&server, Some(ADMIN_SECRET)).await;
+    eventually(Duration::from_secs(30), || async {
+        (admin.shard(1).await.ok()?.receiving == 1).then_some(())
+    })
+    .await;
+    // The shard's token is revoked.
+    let admin_only =
+        format!("[[tokens]]\nname = \"operator\"\nrole = \"admin\"\nsecret = \"{ADMIN_SECRET}\"\n");
+    std::fs::write(&tokens, admin_only).unwrap();
+    signal(server.pid(), libc::SIGHUP);
+    eventually(Duration::from_secs(30), || async {
+        server.log_text().contains("tokens reloaded").then_some(())
+    })
+    .await;
+    for message in data_msgs(&data, 32 << 10) {
+        tx.send(message).await.unwrap();
+    }
+    drop(tx);
+    let refused = upload.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("revoked"),
+        "{}",
+        refused.message()
+    );
+    let status = admin.shard(1).await.unwrap();
+    assert_eq!((status.queued, status.archived, status.failed), (0, 0, 1));
+}

@@ -14,7 +14,7 @@ use crate::archive::{
 use crate::config::Config;
 use crate::error::IoError;
 use crate::queue::{Interrupt, Scheduler, Task};
-use crate::store::{ArchiveKey, ArchiveMeta, ArchiveStore, JobDb, Spool, StoreError};
+use crate::store::{ArchiveKey, ArchiveMeta, ArchiveStore, JobDb, Spool, StoreError, WriteMode};
 use crate::telemetry;
 use crate::types::{ContentKind, Digest, Job, JobState, JsonStats, now_unix_ms};
 
@@ -182,7 +182,10 @@ impl Compressor {
             shard_id: job.shard_id,
             log_id: job.log_id,
         };
-        refuse_foreign(self.store.as_ref(), key, sha)?;
+        let mode = match standing(self.store.as_ref(), key, sha)? {
+            Standing::Absent => WriteMode::Create,
+            Standing::Ours | Standing::Unreadable => WriteMode::Replace,
+        };
         let meta = ArchiveMeta {
             key,
             size,
@@ -190,7 +193,7 @@ impl Compressor {
         };
         let pending = self
             .store
-            .create(key, Some(&meta))
+            .create(key, Some(&meta), mode)
             .map_err(EngineError::from)?;
         let mut writer = ArchiveWriter::new(pending, header, content_xxh3, zstd_workers)
             .map_err(EngineError::from)?;
@@ -236,7 +239,7 @@ impl Compressor {
             Err(e) => return Err(EngineError::from(e).into()),
         }
         // Whoever wrote last under this key must have written this segment.
-        refuse_foreign(self.store.as_ref(), key, sha)?;
+        standing(self.store.as_ref(), key, sha)?;
         Ok(Written {
             archive_size: written.archive_size,
             json,
@@ -290,43 +293,44 @@ fn retry_delay(attempts: u32, max: Duration) -> Duration {
     bound.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
-/// The SHA-256 of the segment whose archive stands under `key`: from the
-/// store's metadata if it keeps it, else from the archive's header frame.
-/// `None` when there is no archive, or one too damaged to say.
-pub(super) fn existing_digest(
-    store: &dyn ArchiveStore,
-    key: ArchiveKey,
-) -> Result<Option<Digest>, EngineError> {
-    let Some(info) = store.stat(key)? else {
-        return Ok(None);
-    };
-    if info.sha256.is_some() {
-        return Ok(info.sha256);
-    }
-    let Some(input) = store.open(key)? else {
-        return Ok(None);
-    };
-    Ok(ArchiveReader::open(input)
-        .ok()
-        .and_then(|reader| reader.header().digest().ok()))
+/// What stands under a key before this segment's archive is written there.
+enum Standing {
+    Absent,
+    /// An archive of this very segment (a retried write, a damaged archive
+    /// being repaired): it may be replaced.
+    Ours,
+    /// Something too damaged to say whose it is: it may be replaced.
+    Unreadable,
 }
 
 /// Refuses to write over, or accept, an archive of other bytes under `key`
-/// (another replica claiming the shard, a planted object). A damaged archive
-/// of this segment may be replaced: that is how a re-push repairs it.
-fn refuse_foreign(
+/// (another replica claiming the shard, a planted object); says what stands
+/// there otherwise. The segment's SHA-256 comes from the store's metadata
+/// if it keeps it, else from the archive's header frame.
+fn standing(
     store: &dyn ArchiveStore,
     key: ArchiveKey,
     ours: Digest,
-) -> Result<(), EngineError> {
-    match existing_digest(store, key)? {
+) -> Result<Standing, EngineError> {
+    let Some(info) = store.stat(key)? else {
+        return Ok(Standing::Absent);
+    };
+    let existing = match info.sha256 {
+        Some(sha) => Some(sha),
+        None => store
+            .open(key)?
+            .and_then(|input| ArchiveReader::open(input).ok())
+            .and_then(|reader| reader.header().digest().ok()),
+    };
+    match existing {
         Some(existing) if existing != ours => Err(EngineError::Conflict {
             shard_id: key.shard_id,
             log_id: key.log_id,
             existing,
             pushed: ours,
         }),
-        _ => Ok(()),
+        Some(_) => Ok(Standing::Ours),
+        None => Ok(Standing::Unreadable),
     }
 }
 

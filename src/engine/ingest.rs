@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::disk::{DiskBudget, Reservation};
 use super::events::Events;
+use super::restore::open_job_archive;
 use super::{EngineError, blocking};
 use crate::config::Config;
 use crate::queue::Scheduler;
-use crate::store::{InsertOutcome, JobDb, Spool};
+use crate::store::{ArchiveStore, InsertOutcome, JobDb, Spool};
 use crate::types::{Digest, FailureKind, Job, JobId, JobState, SegmentRequest, ShardId};
 
 /// What an upload holds while it runs: its slot among `max_concurrent_uploads`,
@@ -41,6 +42,7 @@ pub(super) struct Intake {
     pub receiving: Arc<Receiving>,
     pub draining: Arc<AtomicBool>,
     pub disk: Arc<DiskBudget>,
+    pub store: Arc<dyn ArchiveStore>,
 }
 
 /// A push the engine took: the job and whether it already existed.
@@ -138,7 +140,9 @@ pub(super) async fn begin(
     if let Some(sha) = request.sha256 {
         let db = intake.db.clone();
         let (shard, log) = (request.shard_id, request.log_id);
-        if let Some(existing) = blocking(move || Ok(db.active_job(shard, log)?)).await? {
+        if let Some(existing) = blocking(move || Ok(db.active_job(shard, log)?)).await?
+            && !needs_repair(&intake, &existing, Some(sha)).await
+        {
             return known_or_conflict(existing, sha)
                 .map(|accepted| Begin::Known(Box::new(accepted)));
         }
@@ -171,6 +175,22 @@ pub(super) async fn begin(
                     (permit, Some(reservation)),
                 ))));
             }
+            Recorded::Existing(existing)
+                if needs_repair(&intake, &existing, request.sha256).await =>
+            {
+                let file = spool_file(&intake, existing.id).await?;
+                return Ok(Begin::Stream(Box::new(Upload::new(
+                    intake.clone(),
+                    request,
+                    Mode::Repair {
+                        job: existing,
+                        place,
+                    },
+                    Sink::new(Some(file)),
+                    CancellationToken::new(),
+                    (permit, Some(reservation)),
+                ))));
+            }
             Recorded::Existing(existing) => {
                 drop(place);
                 return match (existing.state, request.sha256) {
@@ -192,6 +212,35 @@ pub(super) async fn begin(
             Recorded::StaleCleared => continue,
         }
     }
+}
+
+/// An ARCHIVED segment pushed again (same digest, or one still to come in the
+/// trailer) whose archive is missing or fails verification: the push repairs
+/// it instead of answering `deduplicated`.
+async fn needs_repair(intake: &Arc<Intake>, job: &Job, pushed: Option<Digest>) -> bool {
+    if job.state != JobState::Archived
+        || job.expired_unix_ms.is_some()
+        || pushed.is_some_and(|sha| job.sha256 != Some(sha))
+    {
+        return false;
+    }
+    let (store, job) = (intake.store.clone(), job.clone());
+    let intact = blocking(move || {
+        let mut reader = open_job_archive(store.as_ref(), &job)?;
+        reader.copy_to(&mut std::io::sink())?;
+        Ok(())
+    })
+    .await;
+    if let Err(e) = &intact {
+        tracing::warn!(error = %e, "a push of an archived segment finds its archive damaged: repairing it");
+    }
+    intact.is_err()
+}
+
+/// A spool file for a job that has none (a repair).
+async fn spool_file(intake: &Arc<Intake>, id: JobId) -> Result<File, EngineError> {
+    let spool = intake.spool.clone();
+    blocking(move || Ok(spool.create(id)?)).await
 }
 
 /// Validates the header; returns the zstd level to use.

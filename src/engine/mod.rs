@@ -131,6 +131,7 @@ impl Archiver {
                     config.data_dir.clone(),
                     config.min_free_bytes,
                 )),
+                store: store.clone(),
             }),
             jobs: Jobs {
                 idle: Duration::from_secs(config.receive_idle_timeout),

@@ -37,6 +37,8 @@ pub struct Caller {
     pub name: String,
     pub role: Role,
     pub shards: Vec<ShardId>,
+    /// SHA-256 of the secret it presented, to find it again after a reload.
+    token: Digest,
 }
 
 /// What a request wants to do.
@@ -76,6 +78,8 @@ pub enum AuthError {
     UnknownToken,
     #[error("no authenticated caller")]
     NoCaller,
+    #[error("token {0:?} was revoked while the call was running")]
+    Revoked(String),
     #[error("token {name:?} ({role:?} role, shards {shards:?}) may not {action}")]
     Denied {
         name: String,
@@ -210,6 +214,25 @@ impl Tokens {
         Ok(request)
     }
 
+    /// Asks again, against the tokens in force now, whether the caller may
+    /// still do `access`: a long upload must not commit on a token revoked
+    /// while it streamed.
+    pub fn recheck(&self, extensions: &tonic::Extensions, access: Access) -> Result<(), AuthError> {
+        let Some(set) = &self.set else {
+            return Ok(());
+        };
+        let caller = extensions.get::<Caller>().ok_or(AuthError::NoCaller)?;
+        let current = set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&caller.token)
+            .cloned()
+            .ok_or_else(|| AuthError::Revoked(caller.name.clone()))?;
+        let mut now = tonic::Extensions::new();
+        now.insert(current);
+        self.authorize(&now, access)
+    }
+
     /// PERMISSION_DENIED unless the request's caller may do `access`.
     pub fn authorize(
         &self,
@@ -259,6 +282,22 @@ fn describe(access: Access) -> String {
     }
 }
 
+/// Plain secrets in a file others can read are everyone's secrets.
+fn warn_if_readable(path: &Path, file: &TokensFile) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
+    if mode & 0o077 != 0 && file.tokens.iter().any(|t| t.secret.is_some()) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "the tokens file is readable by group or others and holds plain secrets: chmod 600 it, or store each \
+             secret's sha256 instead"
+        );
+    }
+}
+
 fn read_tokens(path: &Path) -> Result<TokenSet, TokensError> {
     let invalid = |message: String| TokensError::Invalid {
         path: path.to_owned(),
@@ -269,6 +308,13 @@ fn read_tokens(path: &Path) -> Result<TokenSet, TokensError> {
         source,
     })?;
     let file: TokensFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    if file.tokens.is_empty() {
+        return Err(invalid(
+            "defines no tokens: every caller would be locked out (to serve without authentication, remove tokens_file)"
+                .to_owned(),
+        ));
+    }
+    warn_if_readable(path, &file);
     let mut set = TokenSet::new();
     for entry in file.tokens {
         let digest = match (&entry.sha256, &entry.secret) {
@@ -293,6 +339,7 @@ fn read_tokens(path: &Path) -> Result<TokenSet, TokensError> {
             name: entry.name,
             role: entry.role,
             shards: entry.shards,
+            token: digest,
         };
         if set.insert(digest, caller).is_some() {
             return Err(invalid("two tokens have the same secret".to_owned()));

@@ -25,7 +25,7 @@ use crate::engine::{Archiver, Begin, EngineError};
 use crate::error::ErrorKind;
 use crate::proto::{self, wal_archiver_server::WalArchiver};
 use crate::types::{AckLevel, Job, JobFilter, JobId, JobState, SegmentRequest};
-use auth::{Access, Tokens};
+use auth::{Access, AuthError, Tokens};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -73,11 +73,19 @@ impl WalArchiverService {
         self.tokens.authorize(extensions, access).map_err(status)
     }
 
-    /// The job, if the caller may read its shard.
+    /// The job, if the caller may read its shard. A job the caller may not
+    /// read is answered like one that does not exist, so that ids of other
+    /// shards' jobs cannot be probed.
     async fn readable_job<T>(&self, request: &Request<T>, id: JobId) -> Result<Job, Status> {
         let job = self.archiver()?.job(id).await.map_err(status)?;
-        self.authorize(request.extensions(), Access::Read(job.shard_id))?;
-        Ok(job)
+        match self
+            .tokens
+            .authorize(request.extensions(), Access::Read(job.shard_id))
+        {
+            Ok(()) => Ok(job),
+            Err(AuthError::Denied { .. }) => Err(status(EngineError::JobNotFound(id))),
+            Err(other) => Err(status(other)),
+        }
     }
 }
 
@@ -94,12 +102,15 @@ impl WalArchiver for WalArchiverService {
             .map_err(status)?;
         let segment = SegmentRequest::try_from(header).map_err(status)?;
         self.authorize(&extensions, Access::Push(segment.shard_id))?;
-        let ack = segment.ack;
+        let (ack, shard_id) = (segment.ack, segment.shard_id);
         let accepted = match self.archiver()?.begin(segment).await.map_err(status)? {
             Begin::Known(accepted) => *accepted,
-            Begin::Stream(upload) => receive::segment(*upload, stream, self.idle)
-                .await
-                .map_err(status)?,
+            Begin::Stream(upload) => {
+                let still_allowed = || self.tokens.recheck(&extensions, Access::Push(shard_id));
+                receive::segment(*upload, stream, self.idle, still_allowed)
+                    .await
+                    .map_err(status)?
+            }
         };
         let mut job = accepted.job;
         if ack == AckLevel::Archived && !job.state.is_terminal() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tonic::{Status, Streaming};
 
+use super::auth::AuthError;
 use crate::engine::{Accepted, EngineError, Upload};
 use crate::error::{Classified, ErrorKind};
 use crate::proto::{self, archive_request::Msg};
@@ -27,6 +28,8 @@ pub enum ReceiveError {
     NoHeader(u64),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl Classified for ReceiveError {
@@ -36,6 +39,7 @@ impl Classified for ReceiveError {
             ReceiveError::Broken { kind, .. } => *kind,
             ReceiveError::NoHeader(_) => ErrorKind::DeadlineExceeded,
             ReceiveError::Engine(e) => e.kind(),
+            ReceiveError::Auth(e) => e.kind(),
         }
     }
 }
@@ -87,11 +91,13 @@ pub async fn header(
 }
 
 /// Reads data chunks and the optional trailer into `upload`, then finishes
-/// it. A stream that sends nothing for `idle` is cut.
+/// it — if `still_allowed` says the caller may still push. A stream that
+/// sends nothing for `idle` is cut.
 pub async fn segment(
     mut upload: Upload,
     mut stream: Streaming<proto::ArchiveRequest>,
     idle: Duration,
+    still_allowed: impl FnOnce() -> Result<(), AuthError>,
 ) -> Result<Accepted, ReceiveError> {
     let mut trailer: Option<Trailer> = None;
     loop {
@@ -146,6 +152,11 @@ pub async fn segment(
             .abort(EngineError::Invalid(protocol_error))
             .await
             .into());
+    }
+    if let Err(refused) = still_allowed() {
+        let reason = format!("not committed: {refused}");
+        upload.abort(EngineError::Interrupted(reason)).await;
+        return Err(refused.into());
     }
     Ok(upload.finish(trailer.unwrap_or_default()).await?)
 }

@@ -7,7 +7,8 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
-    ArchiveKey, ArchiveMeta, ArchiveStore, ObjectInfo, PendingArchive, StoreError, sync_dir,
+    ArchiveKey, ArchiveMeta, ArchiveStore, ObjectInfo, PendingArchive, StoreError, WriteMode,
+    sync_dir,
 };
 use crate::error::IoError;
 use crate::types::ShardId;
@@ -41,6 +42,9 @@ impl ArchiveStore for LocalStore {
         &self,
         key: ArchiveKey,
         _known: Option<&ArchiveMeta>,
+        // Nothing else writes into this directory (one server per data
+        // dir): the engine's identity check is enough, and a rename replaces.
+        _mode: WriteMode,
     ) -> Result<Box<dyn PendingArchive>, StoreError> {
         let dir = self.shard_dir(key);
         if !dir.exists() {

@@ -94,6 +94,17 @@ pub struct ArchiveMeta {
     pub sha256: Digest,
 }
 
+/// Whether a write may replace an object already under its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Only if nothing is there (`If-None-Match: *` where the store honours
+    /// it): two writers racing for a key cannot both win.
+    Create,
+    /// The engine proved what is there is this segment's own archive (a
+    /// damaged one being repaired, a retried upload): overwrite it.
+    Replace,
+}
+
 /// What a store knows about an archive without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -126,6 +137,7 @@ pub trait ArchiveStore: Send + Sync + 'static {
         &self,
         key: ArchiveKey,
         known: Option<&ArchiveMeta>,
+        mode: WriteMode,
     ) -> Result<Box<dyn PendingArchive>, StoreError>;
     /// Streams an archive; `None` when there is none.
     fn open(&self, key: ArchiveKey) -> Result<Option<Box<dyn Read + Send>>, StoreError>;

@@ -46,7 +46,7 @@ use tokio::task::JoinSet;
 
 use super::{
     ARCHIVE_SUFFIX, ArchiveKey, ArchiveMeta, ArchiveStore, ObjectInfo, PendingArchive, StoreError,
-    sync_dir,
+    WriteMode, sync_dir,
 };
 use crate::config::{Config, normalise_prefix};
 use crate::error::IoError;
@@ -377,9 +377,11 @@ impl ArchiveStore for S3Store {
         &self,
         key: ArchiveKey,
         known: Option<&ArchiveMeta>,
+        mode: WriteMode,
     ) -> Result<Box<dyn PendingArchive>, StoreError> {
         let path = self.path(key)?;
         Ok(Box::new(S3Pending {
+            mode,
             client: self.client.clone(),
             uploads_dir: self.uploads_dir.clone(),
             key,
@@ -528,6 +530,7 @@ struct Upload {
 }
 
 struct S3Pending {
+    mode: WriteMode,
     client: Arc<Client>,
     uploads_dir: PathBuf,
     key: ArchiveKey,
@@ -623,7 +626,10 @@ impl S3Pending {
     fn put_whole(&mut self, meta: &ArchiveMeta) -> Result<(), StoreError> {
         let data = Bytes::from(std::mem::take(&mut self.buf));
         let options = PutOptions {
-            mode: PutMode::Create,
+            mode: match self.mode {
+                WriteMode::Create => PutMode::Create,
+                WriteMode::Replace => PutMode::Overwrite,
+            },
             attributes: attributes(meta),
             ..PutOptions::default()
         };

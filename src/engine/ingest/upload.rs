@@ -18,11 +18,17 @@ use crate::store::Received;
 use crate::telemetry;
 use crate::types::{AckLevel, Digest, FailureKind, Job, JobId, JobState, SegmentRequest, Trailer};
 
+/// Received bytes gathered before they are hashed and spooled in one step.
+const COALESCE: usize = 256 << 10;
+
 pub struct Upload {
     intake: Arc<Intake>,
     request: SegmentRequest,
     mode: Mode,
     sink: Option<Sink>,
+    /// Chunks received but not yet hashed and spooled (less than `COALESCE`).
+    pending: Vec<Bytes>,
+    pending_len: usize,
     received: u64,
     finished: bool,
     cancel: CancellationToken,
@@ -35,6 +41,9 @@ pub(super) enum Mode {
     /// The segment has an active job but its digest comes in the trailer:
     /// hash the stream to tell a retry from a conflict, write nothing.
     Compare { existing: Job },
+    /// The segment is ARCHIVED but its archive is damaged: spool the bytes
+    /// again under the same job, which is reopened only once they verify.
+    Repair { job: Job, place: QueuePlace },
     /// The upload ended: queued, failed or cancelled.
     Done,
 }
@@ -80,6 +89,8 @@ impl Upload {
             request,
             mode,
             sink: Some(sink),
+            pending: Vec::new(),
+            pending_len: 0,
             received: 0,
             finished: false,
             cancel,
@@ -91,7 +102,7 @@ impl Upload {
     pub fn job(&self) -> Option<&Job> {
         match &self.mode {
             Mode::Spool { job, .. } => Some(job),
-            Mode::Compare { .. } | Mode::Done => None,
+            Mode::Compare { .. } | Mode::Repair { .. } | Mode::Done => None,
         }
     }
 
@@ -108,11 +119,27 @@ impl Upload {
         if let Some(reservation) = &mut self.holds.1 {
             reservation.cover(self.received);
         }
+        self.pending_len += data.len();
+        self.pending.push(data);
+        if self.pending_len < COALESCE {
+            return Ok(());
+        }
+        self.absorb_pending().await
+    }
+
+    /// Hashes and spools the chunks received so far, in one blocking step:
+    /// many small chunks cost one thread hop, not one each.
+    async fn absorb_pending(&mut self) -> Result<(), EngineError> {
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
         let Some(mut sink) = self.sink.take() else {
             return Err(EngineError::Internal("upload already failed".into()));
         };
         let joined = tokio::task::spawn_blocking(move || {
-            let result = sink.absorb(&data);
+            let result = batch.iter().try_for_each(|chunk| sink.absorb(chunk));
             (sink, result)
         })
         .await;
@@ -158,6 +185,7 @@ impl Upload {
     /// Verifies size and digest, makes the spool durable, commits QUEUED and
     /// puts the job on its shard's queue.
     pub async fn finish(mut self, trailer: Trailer) -> Result<Accepted, EngineError> {
+        self.absorb_pending().await?;
         let (sink, declared) = match self.verify(trailer) {
             Ok(verified) => verified,
             Err(e) => return Err(self.fail(e).await),
@@ -172,16 +200,26 @@ impl Upload {
                 known_or_conflict(current, declared)
             }
             Mode::Done => Err(EngineError::Internal("upload already ended".into())),
-            Mode::Spool { job, .. } => {
-                let id = job.id;
+            Mode::Spool { job, .. } | Mode::Repair { job, .. } => {
+                let (id, repair) = (job.id, matches!(self.mode, Mode::Repair { .. }));
+                if repair && job.sha256 != Some(declared) {
+                    let e = EngineError::Conflict {
+                        shard_id: job.shard_id,
+                        log_id: job.log_id,
+                        existing: job.sha256.unwrap_or(declared),
+                        pushed: declared,
+                    };
+                    return Err(self.fail(e).await);
+                }
                 let received = Received {
                     size: self.received,
                     sha256: declared,
                     content_xxh3: sink.checksum.digest128(),
                 };
-                match self.commit(id, sink.file, received).await {
+                match self.commit(id, sink.file, received, repair).await {
                     Ok(Some(job)) => Ok(self.queue(job)),
-                    // Cancelled between the last chunk and the commit.
+                    // Cancelled between the last chunk and the commit (or,
+                    // for a repair, the job changed meanwhile).
                     Ok(None) => Err(self.fail(EngineError::Cancelled(id)).await),
                     Err(e) => Err(self.fail(e).await),
                 }
@@ -219,6 +257,7 @@ impl Upload {
         id: JobId,
         file: Option<File>,
         received: Received,
+        repair: bool,
     ) -> Result<Option<Job>, EngineError> {
         let intake = self.intake.clone();
         let durable = self.request.ack == AckLevel::Queued;
@@ -231,7 +270,11 @@ impl Upload {
                     intake.spool.persist(&file)?;
                 }
             }
-            Ok(intake.db.mark_queued(id, &received)?)
+            if repair {
+                Ok(intake.db.reopen_for_repair(id, &received)?)
+            } else {
+                Ok(intake.db.mark_queued(id, &received)?)
+            }
         })
         .await
     }
@@ -241,7 +284,9 @@ impl Upload {
         metrics::counter!(telemetry::RECEIVED_BYTES).increment(self.received);
         self.finished = true;
         self.intake.receiving.forget(job.id);
-        if let Mode::Spool { place, .. } = std::mem::replace(&mut self.mode, Mode::Done) {
+        if let Mode::Spool { place, .. } | Mode::Repair { place, .. } =
+            std::mem::replace(&mut self.mode, Mode::Done)
+        {
             place.enqueue(job.id, self.intake.config.is_small(self.received));
         }
         self.intake.events.emit(&job);
@@ -286,8 +331,16 @@ impl Upload {
                     intake: self.intake.clone(),
                     id: job.id,
                     place,
+                    job_is_new: true,
                 })
             }
+            // The job stays ARCHIVED: only the spool of the failed repair goes.
+            Mode::Repair { job, place } => Some(Abandoned {
+                intake: self.intake.clone(),
+                id: job.id,
+                place,
+                job_is_new: false,
+            }),
             other => {
                 self.mode = other;
                 None
@@ -296,21 +349,32 @@ impl Upload {
     }
 }
 
-/// A RECEIVING job that will not be completed.
+/// An upload that will not be completed: a RECEIVING job, or a repair.
 struct Abandoned {
     intake: Arc<Intake>,
     id: JobId,
     place: QueuePlace,
+    /// The job was created by this upload (else it is an archived job whose
+    /// repair failed, and it stays as it is).
+    job_is_new: bool,
 }
 
 impl Abandoned {
     /// FAILED with `failure`, or CANCELLED when it is `None`.
     fn record(self, failure: Option<(FailureKind, String)>) -> Result<(), EngineError> {
-        let Abandoned { intake, id, place } = self;
+        let Abandoned {
+            intake,
+            id,
+            place,
+            job_is_new,
+        } = self;
         drop(place);
         // The spool goes first: when the disk is full, its space is what lets
         // the jobs database record the failure.
         let removed = intake.spool.remove(id);
+        if !job_is_new {
+            return Ok(removed?);
+        }
         let job = match failure {
             Some((kind, reason)) => intake.db.fail(id, &[JobState::Receiving], kind, &reason),
             None => intake.db.transition(

@@ -178,6 +178,28 @@ impl JobDb {
         )
     }
 
+    /// ARCHIVED → QUEUED for a job whose archive is being written again from
+    /// a re-push of the same bytes. Its segment stays settled (the watermark
+    /// never moves back: the segment was archived, and is durable in the spool).
+    pub fn reopen_for_repair(
+        &self,
+        id: JobId,
+        received: &Received,
+    ) -> Result<Option<Job>, StoreError> {
+        self.update(
+            id,
+            "state = 'QUEUED', content_xxh3 = ?2, \
+             reason = 'repairing: the archive was damaged or missing; writing it again'",
+            "state = 'ARCHIVED' AND size = ?3 AND sha256 = ?4",
+            params![
+                id.0 as i64,
+                received.content_xxh3.to_le_bytes().to_vec(),
+                received.size as i64,
+                received.sha256.0.to_vec(),
+            ],
+        )
+    }
+
     /// Moves a job to `to` if it is in one of `from`; `None` when it was not
     /// (someone else moved it first: a cancel racing a worker, say).
     pub fn transition(
