@@ -23,6 +23,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// `--listen`: `127.0.0.1:0` (a new port on each start) unless fixed.
+    listen: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -37,15 +39,30 @@ impl Server {
 
     /// Starts a server on `data_dir` (kept as it is).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
+        Server::start_listening_in(data_dir, "127.0.0.1:0", args)
+    }
+
+    /// Starts a server on a fresh data dir at a fixed address, which it keeps
+    /// across `restart`: for clients configured once with a URL, like
+    /// PostgreSQL's archive_command. `free_port` picks one.
+    pub fn start_listening(listen: &str, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::start_listening_in(&dir.path().join("data"), listen, args);
+        server._dir = Some(dir);
+        server
+    }
+
+    fn start_listening_in(data_dir: &Path, listen: &str, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let log = data_dir.with_extension("log");
-        let (child, addr) = spawn(data_dir, &args, &log);
+        let (child, addr) = spawn(data_dir, listen, &args, &log);
         Server {
             child: Some(child),
             addr,
             data_dir: data_dir.to_owned(),
             log,
             args,
+            listen: listen.to_owned(),
             _dir: None,
         }
     }
@@ -84,10 +101,11 @@ impl Server {
         wait_with_timeout(&mut child, Duration::from_secs(60))
     }
 
-    /// Starts again on the same data dir with the same flags (a new port).
+    /// Starts again on the same data dir with the same flags (a new port,
+    /// unless started with `start_listening`).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, addr) = spawn(&self.data_dir, &self.args, &self.log);
+        let (child, addr) = spawn(&self.data_dir, &self.listen, &self.args, &self.log);
         self.child = Some(child);
         self.addr = addr;
     }
@@ -138,7 +156,15 @@ impl Drop for Server {
     }
 }
 
-fn spawn(data_dir: &Path, args: &[String], log: &Path) -> (Child, SocketAddr) {
+/// A loopback port free right now, for `Server::start_listening`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+fn spawn(data_dir: &Path, listen: &str, args: &[String], log: &Path) -> (Child, SocketAddr) {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -147,7 +173,7 @@ fn spawn(data_dir: &Path, args: &[String], log: &Path) -> (Child, SocketAddr) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(listen)
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
