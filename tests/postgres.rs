@@ -172,6 +172,17 @@ fn last_archived_log_id_sql(cluster: &Cluster) -> LogId {
         .expect("a log_id")
 }
 
+/// docs/POSTGRESQL.md's query for the segment a log_id (a watermark, say) stands for.
+fn segment_name_sql(cluster: &Cluster, log_id: LogId) -> String {
+    cluster.sql(&format!(
+        "SELECT upper(lpad(to_hex(w >> 40), 8, '0')
+                   || lpad(to_hex((w & 1099511627775) / (4294967296 / s.setting::bigint)), 8, '0')
+                   || lpad(to_hex((w & 1099511627775) % (4294967296 / s.setting::bigint)), 8, '0'))
+         FROM (SELECT {log_id}::bigint AS w) a, pg_settings s
+         WHERE s.name = 'wal_segment_size'"
+    ))
+}
+
 /// Tests 1 and 2: archive a pgbench load through archive_command (a few
 /// dozen 1 MiB segments), then recover the base backup through
 /// restore_command, once to a named restore point and once to the end of
@@ -244,6 +255,10 @@ fn archive_and_recover(wal_segsize_mb: u32, init: &[&str], load: &[&str]) {
     assert_eq!(
         last_archived_log_id_sql(&primary),
         log_id_of(&last, segment_size)
+    );
+    assert_eq!(
+        segment_name_sql(&primary, log_id_of(&last, segment_size)),
+        last
     );
     // The base backup's label is archived too, as a side file.
     assert!(
@@ -558,4 +573,172 @@ fn archive_commands_exit_codes() {
     assert_eq!(down.status.code(), Some(2), "{down:?}");
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot connect"));
     assert!(!dir.path().join("pg_wal/X").exists());
+}
+
+/// The measurement behind docs/POSTGRESQL.md's numbers (run by hand, on an
+/// otherwise idle machine, with the release build):
+///
+/// ```sh
+/// cargo test --release --test postgres pg_bench -- --ignored --nocapture
+/// ```
+///
+/// The same pgbench load on 16 MiB segments twice: archive_command through
+/// wal-archiver (service on this machine), then `cp` + `sync` into a
+/// directory. A wrapper script times every archive_command; the count of
+/// `.ready` files (the archiver's backlog) is sampled every second. Prints a
+/// markdown table. `PG_BENCH_SCALE` (default 20) and `PG_BENCH_SECONDS`
+/// (default 60) size the load.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn pg_bench() {
+    let scale = std::env::var("PG_BENCH_SCALE").unwrap_or_else(|_| "20".into());
+    let seconds = std::env::var("PG_BENCH_SECONDS").unwrap_or_else(|_| "60".into());
+    let server = Server::start(&[]);
+    let work = Pg::find().workdir();
+    let timer = work.path().join("timed.sh");
+    std::fs::write(
+        &timer,
+        "#!/bin/sh\n# Times one archive_command: $1 is the log, the rest the command.\n\
+         log=$1; shift\nstart=$(date +%s%N)\n\"$@\"\nrc=$?\n\
+         echo \"$start $(date +%s%N) $rc\" >> \"$log\"\nexit $rc\n",
+    )
+    .unwrap();
+    let copier = work.path().join("cp-archive.sh");
+    std::fs::write(
+        &copier,
+        "#!/bin/sh\n# PostgreSQL's documented cp example, plus an fsync of the copy.\n\
+         test ! -f \"$2/$1\" && cp \"$3\" \"$2/$1\" && sync \"$2/$1\"\n",
+    )
+    .unwrap();
+    for script in [&timer, &copier] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cp_dir = work.path().join("cp-archive");
+    std::fs::create_dir(&cp_dir).unwrap();
+    let mut owner = std::process::Command::new("chown");
+    owner.arg("--reference").arg(work.path()).arg(&cp_dir);
+    cluster::run(&mut owner);
+
+    let contenders = [
+        ("wal-archiver archive-push", work.archive_command(SHARD)),
+        (
+            "cp + sync",
+            format!("{} %f {} %p", copier.display(), cp_dir.display()),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (index, (label, command)) in contenders.iter().enumerate() {
+        let log = work.path().join(format!("times-{index}.log"));
+        let mut primary = work.init(&format!("bench{index}"), 16);
+        primary.configure(&[
+            ("archive_mode", "on".into()),
+            (
+                "archive_command",
+                quote(format!("{} {} {command}", timer.display(), log.display())),
+            ),
+            ("max_wal_size", "'1GB'".into()),
+        ]);
+        primary.env = server_env(&server);
+        primary.start();
+
+        let started = Instant::now();
+        let sampler = Sampler::start(&primary);
+        primary.pgbench(&["-i", "-s", &scale, "-q"]);
+        primary.pgbench(&["-c", "2", "-j", "2", "-T", &seconds, "-n"]);
+        let load_secs = started.elapsed().as_secs_f64();
+        let last = primary.switch_wal();
+        let backlog_at_end = sampler.last();
+        primary.wait_archived(&last);
+        let drained_secs = started.elapsed().as_secs_f64() - load_secs;
+        let samples = sampler.stop();
+        let wal_bytes: f64 = primary
+            .sql("SELECT pg_current_wal_lsn() - '0/0'")
+            .parse()
+            .unwrap();
+        primary.stop();
+
+        let mut times: Vec<f64> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<u128> = line.split(' ').filter_map(|f| f.parse().ok()).collect();
+                (fields.len() == 3 && fields[2] == 0).then(|| (fields[1] - fields[0]) as f64 / 1e6)
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let pct =
+            |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+        let max_backlog = samples.iter().max().copied().unwrap_or(0);
+        rows.push(format!(
+            "| {label} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {max_backlog} | {backlog_at_end} | {drained_secs:.1} |",
+            times.len(),
+            wal_bytes / MIB as f64 / load_secs,
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            times.last().copied().unwrap_or(0.0),
+        ));
+        eprintln!("{label}: .ready backlog per second: {samples:?}");
+    }
+    println!(
+        "\nPostgreSQL {} archive_command, 16 MiB segments, pgbench -i -s {scale} then -c 2 -T {seconds} \
+         (synchronous_commit = off), {} cores, service on the same machine\n",
+        Pg::find().version(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "| archive_command | segments | WAL MiB/s | p50 ms | p90 ms | p99 ms | max ms | max .ready | .ready at end of load | drain s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+/// Samples the archiver's backlog (`.ready` files) every second.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(cluster: &Cluster) -> Sampler {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let query = cluster.sql_command(
+            "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'",
+        );
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::spawn(move || {
+                let mut query = query;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(output) = query.output()
+                        && let Ok(n) = String::from_utf8_lossy(&output.stdout).trim().parse()
+                    {
+                        samples.lock().unwrap().push(n);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+        };
+        Sampler {
+            stop,
+            samples,
+            thread,
+        }
+    }
+
+    fn last(&self) -> u64 {
+        self.samples.lock().unwrap().last().copied().unwrap_or(0)
+    }
+
+    fn stop(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap();
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
 }

@@ -49,6 +49,16 @@ impl Pg {
         command
     }
 
+    /// `postgres --version`.
+    pub fn version(&self) -> String {
+        let output = run(self.command("postgres").arg("--version"));
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .nth(2) // postgres (PostgreSQL) 15.18 (Debian …)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Any command (a shell, say) as the unprivileged user.
     pub fn drop_privileges(&self, command: &mut Command) {
         if let Some((uid, gid)) = self.user {
@@ -315,23 +325,20 @@ impl Cluster {
 
     /// One query's result, unaligned, fields separated by `|`.
     pub fn sql(&self, query: &str) -> String {
-        let output = run(self
-            .pg
-            .command("psql")
-            .args(self.connect_args())
-            .args([
-                "-d",
-                "postgres",
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-            ])
-            .arg(query));
+        let output = run(self.sql_command(query).stderr(Stdio::piped()));
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The psql command that runs `query`.
+    pub fn sql_command(&self, query: &str) -> Command {
+        let mut command = self.pg.command("psql");
+        command
+            .args(self.connect_args())
+            .args(["-d", "postgres", "-X", "-A", "-t", "-q"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", query])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        command
     }
 
     /// Polls `query` until `done` accepts its result; returns that result.
@@ -352,25 +359,7 @@ impl Cluster {
     }
 
     fn try_sql(&self, query: &str) -> Option<String> {
-        let output = self
-            .pg
-            .command("psql")
-            .args(self.connect_args())
-            .args([
-                "-d",
-                "postgres",
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-            ])
-            .arg(query)
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
+        let output = self.sql_command(query).output().ok()?;
         output
             .status
             .success()
