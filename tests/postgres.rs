@@ -742,3 +742,55 @@ impl Sampler {
         std::mem::take(&mut *self.samples.lock().unwrap())
     }
 }
+
+/// A file acknowledged (QUEUED) but not compressed yet is in the archive as
+/// far as PostgreSQL is concerned: archive-get waits for it instead of
+/// answering "not found", which would end a recovery early.
+#[test]
+fn archive_get_waits_for_a_pushed_file_not_yet_archived() {
+    // One worker, kept busy by a slow segment of another shard.
+    let server = Server::start(&["--archive-parallelism", "1", "--multithread-min-size", "0"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let slow = dir.path().join("slow.log");
+    std::fs::write(&slow, common::json_segment(3, 8 << 20)).unwrap();
+    let segment = "000000010000000000000007";
+    let bytes: Vec<u8> = (0..MIB).map(|i| (i * 13 % 253) as u8).collect();
+    std::fs::write(dir.path().join(segment), &bytes).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env("WAL_ARCHIVER_SERVER", server.url())
+            .output()
+            .expect("run wal-archiver")
+    };
+
+    // One runtime for the client: its connection lives on it.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let client = runtime.block_on(server.client());
+    let options = wal_archiver::client::PushOptions {
+        zstd_level: Some(19),
+        ..Default::default()
+    };
+    runtime
+        .block_on(client.push_file(2, 1, &slow, &options))
+        .expect("push the slow segment");
+    let push = run(&["archive-push", "--shard", "1", segment]);
+    assert_eq!(push.status.code(), Some(0), "{push:?}");
+    let job = runtime
+        .block_on(client.active_job(1, log_id_of(segment, MIB)))
+        .expect("list")
+        .expect("the pushed segment's job");
+    assert_ne!(
+        job.state,
+        JobState::Archived,
+        "the slow segment should still hold the only worker"
+    );
+
+    let get = run(&["archive-get", "--shard", "1", segment, "RECOVERYXLOG"]);
+    assert_eq!(get.status.code(), Some(0), "{get:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join("RECOVERYXLOG")).unwrap(),
+        bytes
+    );
+}

@@ -210,6 +210,9 @@ pub struct ArchiveGetArgs {
     pub name: String,
     /// Where PostgreSQL wants it (%p).
     pub destination: PathBuf,
+    /// Seconds to wait for a file that was pushed but is not archived yet.
+    #[arg(long, default_value_t = 120)]
+    pub wait_timeout: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

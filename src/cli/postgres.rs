@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use super::args::{ArchiveGetArgs, ArchivePushArgs, ClientArgs};
 use wal_archiver::client::{Client, ClientError, Connection, PushOptions, RetryPolicy};
@@ -87,7 +88,8 @@ pub async fn archive_get(args: ArchiveGetArgs) -> anyhow::Result<ExitCode> {
     };
     let mut attempt = 0;
     loop {
-        match get(&client, shard, &file, &args.destination).await {
+        let wait = Duration::from_secs(args.wait_timeout);
+        match get(&client, shard, &file, &args.destination, wait).await {
             Ok(Got::Restored) => return Ok(ExitCode::SUCCESS),
             Ok(Got::Missing) => return Ok(ExitCode::from(NOT_FOUND)),
             Ok(Got::Expired(log_id)) => {
@@ -132,21 +134,49 @@ async fn get(
     shard: ShardId,
     file: &ArchiveFile,
     destination: &Path,
+    wait: Duration,
 ) -> Result<Got, GetError> {
     let segment_size = match file {
         ArchiveFile::Side(_) => None,
         ArchiveFile::Segment(_) => match segment_size(client, shard).await? {
             Some(size) => Some(size),
-            // Not one segment archived: this one is not either.
+            // Not one segment pushed: this one is not either.
             None => return Ok(Got::Missing),
         },
     };
     let log_id = file
         .log_id(segment_size.unwrap_or(0))
         .map_err(|e| GetError::Other(e.to_string()))?;
-    let Some(job) = client.archived_job(shard, log_id).await? else {
+    let Some(mut job) = client.active_job(shard, log_id).await? else {
         return Ok(Got::Missing);
     };
+    if job.state != JobState::Archived {
+        // Pushed, but not compressed yet: a push is acknowledged once it is
+        // durable in the spool, and the server restores only archives. The
+        // file exists, so it is waited for rather than reported missing
+        // (a recovery would end early).
+        let pushing = job.state == JobState::Receiving;
+        job = match tokio::time::timeout(wait, client.wait(job.id)).await {
+            Ok(Ok(archived)) => archived,
+            // A push that never completed: the file is not in the archive.
+            Ok(Err(ClientError::JobNotArchived(_))) if pushing => return Ok(Got::Missing),
+            Ok(Err(ClientError::JobNotArchived(failed))) => {
+                return Err(GetError::Other(format!(
+                    "log_id {log_id} was acknowledged, then its job {} ended {}: {}",
+                    failed.id, failed.state, failed.reason
+                )));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(GetError::Other(format!(
+                    "log_id {log_id} (job {}) is still {} after {}s (--wait-timeout)",
+                    job.id,
+                    job.state,
+                    wait.as_secs()
+                )));
+            }
+        };
+    }
     if job.expired_unix_ms.is_some() {
         return Ok(Got::Expired(log_id));
     }
@@ -164,19 +194,30 @@ async fn get(
 }
 
 /// The cluster's WAL segment size, as the archive knows it: the size of the
-/// shard's first archived segment. `archive-push` derived that log_id from
-/// the size of the very file, and every segment of a cluster has the same
-/// size; `get` checks the one it fetches has it too.
+/// shard's first segment (`archive-push` derived that log_id from the size of
+/// the very file, and every segment of a cluster has the same size); `get`
+/// checks the one it fetches has it too.
 async fn segment_size(client: &Client, shard: ShardId) -> Result<Option<u64>, ClientError> {
-    let filter = JobFilter {
+    let mut filter = JobFilter {
         shard_id: Some(shard),
-        state: Some(JobState::Archived),
         log_id_max: Some(SIDE_FILE_BASE - 1),
-        limit: 1,
+        limit: 100,
         ..JobFilter::default()
     };
-    let (jobs, _) = client.list(&filter).await?;
-    Ok(jobs.first().and_then(|job| job.size))
+    loop {
+        let (jobs, next) = client.list(&filter).await?;
+        let pushed = jobs
+            .iter()
+            .filter(|job| !matches!(job.state, JobState::Failed | JobState::Cancelled))
+            .find_map(|job| job.size);
+        if pushed.is_some() {
+            return Ok(pushed);
+        }
+        match next {
+            Some(next) => filter.after = Some(next),
+            None => return Ok(None),
+        }
+    }
 }
 
 fn connection(args: &ClientArgs) -> Connection {

@@ -297,22 +297,34 @@ impl Client {
         Ok(reply.into())
     }
 
-    /// The ARCHIVED job of a segment, if it has one (expired ones included:
-    /// see `expired_unix_ms`).
-    pub async fn archived_job(
+    /// The segment's active job — the one not FAILED or CANCELLED, of which
+    /// there is at most one — if it has one. An ARCHIVED job may have expired
+    /// (see `expired_unix_ms`).
+    pub async fn active_job(
         &self,
         shard_id: ShardId,
         log_id: LogId,
     ) -> Result<Option<Job>, ClientError> {
-        let filter = JobFilter {
+        let mut filter = JobFilter {
             shard_id: Some(shard_id),
-            state: Some(JobState::Archived),
             log_id_min: Some(log_id),
             log_id_max: Some(log_id),
-            after: None,
-            limit: 1,
+            limit: 100,
+            ..JobFilter::default()
         };
-        Ok(self.list(&filter).await?.0.into_iter().next())
+        loop {
+            let (page, next) = self.list(&filter).await?;
+            if let Some(job) = page
+                .into_iter()
+                .find(|job| !matches!(job.state, JobState::Failed | JobState::Cancelled))
+            {
+                return Ok(Some(job));
+            }
+            match next {
+                Some(next) => filter.after = Some(next),
+                None => return Ok(None),
+            }
+        }
     }
 
     pub async fn cancel(&self, job_id: impl Into<JobId>) -> Result<Job, ClientError> {
@@ -396,7 +408,7 @@ impl Client {
             .await
     }
 
-    /// Like `restore_to_file` for a job looked up first (`archived_job`),
+    /// Like `restore_to_file` for an ARCHIVED job looked up first (`active_job`),
     /// and the client checks too: the bytes must have the job's size and
     /// SHA-256 before they are renamed into place. This does not rely on how
     /// the transport reports a stream cut short.
