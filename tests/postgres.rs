@@ -408,7 +408,7 @@ fn service_killed_during_load_loses_nothing() {
     primary.base_backup(&base);
     primary.pgbench(&["-i", "-s", "1", "-q"]);
 
-    let mut load = primary.spawn_pgbench(&["-c", "2", "-j", "2", "-t", "4000"]);
+    let mut load = primary.spawn_pgbench(&["-c", "2", "-j", "2", "-t", "8000"]);
     let archived_before = archived_count(&primary);
     primary.wait_sql(
         "a few segments archived under load",

@@ -86,9 +86,9 @@ pub async fn archive_get(args: ArchiveGetArgs) -> anyhow::Result<ExitCode> {
         Ok(client) => client,
         Err(e) => return fail(describe(&e)),
     };
+    let wait = Duration::from_secs(args.wait_timeout);
     let mut attempt = 0;
     loop {
-        let wait = Duration::from_secs(args.wait_timeout);
         match get(&client, shard, &file, &args.destination, wait).await {
             Ok(Got::Restored) => return Ok(ExitCode::SUCCESS),
             Ok(Got::Missing) => return Ok(ExitCode::from(NOT_FOUND)),
