@@ -7,7 +7,8 @@
 //! (`store`), where it is made durable and recorded ARCHIVED in the jobs
 //! database (`store` too). Only then may the shard delete its WAL. `client` is
 //! the library shards embed; `config` the one typed configuration; `error`
-//! the kinds every layer's errors are classified into.
+//! the kinds every layer's errors are classified into; `postgres` maps
+//! PostgreSQL's archive file names to log_ids.
 
 pub mod api;
 pub mod archive;
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod postgres;
 pub mod queue;
 pub mod service;
 pub mod store;

@@ -93,6 +93,10 @@ pub enum Command {
         shards: usize,
         files: Vec<PathBuf>,
     },
+    /// PostgreSQL's archive_command: push one WAL file (%p); exits 0 once it is durable.
+    ArchivePush(ArchivePushArgs),
+    /// PostgreSQL's restore_command: fetch file %f into %p; exits 1 if the archive does not have it.
+    ArchiveGet(ArchiveGetArgs),
     /// Write deterministic JSON-lines WAL segments (wal-<id>.log) for trying things out.
     Generate {
         #[arg(long)]
@@ -180,6 +184,35 @@ pub struct PushArgs {
     /// Segments streamed at once with --wal-dir.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `archive_command = 'wal-archiver archive-push --shard 1 %p'` (docs/POSTGRESQL.md).
+#[derive(Args)]
+pub struct ArchivePushArgs {
+    /// The shard that stands for this PostgreSQL cluster.
+    #[arg(long)]
+    pub shard: u32,
+    /// The file PostgreSQL archives (%p); its name decides its log_id.
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `restore_command = 'wal-archiver archive-get --shard 1 %f %p'` (docs/POSTGRESQL.md).
+#[derive(Args)]
+pub struct ArchiveGetArgs {
+    /// The shard that stands for this PostgreSQL cluster.
+    #[arg(long)]
+    pub shard: u32,
+    /// The file PostgreSQL asks for (%f).
+    pub name: String,
+    /// Where PostgreSQL wants it (%p).
+    pub destination: PathBuf,
+    /// Seconds to wait for a file that was pushed but is not archived yet.
+    #[arg(long, default_value_t = 120)]
+    pub wait_timeout: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

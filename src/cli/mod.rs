@@ -6,6 +6,7 @@
 mod args;
 mod local;
 mod output;
+mod postgres;
 mod remote;
 mod serve;
 
@@ -65,6 +66,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             client,
         } => remote::restore(shard, log_id, &output, &client).await,
         Command::Verify { shard, client } => remote::verify(shard, &client).await,
+        Command::ArchivePush(args) => postgres::archive_push(args).await,
+        Command::ArchiveGet(args) => postgres::archive_get(args).await,
         Command::Inspect {
             archive,
             verify,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -26,7 +27,9 @@ use tonic::{Code, Status};
 use crate::api;
 use crate::error::IoError;
 use crate::proto::{self, wal_archiver_client::WalArchiverClient};
-use crate::types::{Job, JobFilter, JobId, JobState, LogId, ShardId, ShardStatus, VerifyReport};
+use crate::types::{
+    Digest, Job, JobFilter, JobId, JobState, LogId, ShardId, ShardStatus, VerifyReport,
+};
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 const MAX_RESPONSE_MESSAGE: usize = 64 << 20;
@@ -44,6 +47,8 @@ pub enum ClientError {
     Io(#[from] IoError),
     #[error("job {} ended {}: {}", .0.id, .0.state, .0.reason)]
     JobNotArchived(Box<Job>),
+    #[error("restored bytes do not match job {job}: {problem}")]
+    RestoreMismatch { job: JobId, problem: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -60,6 +65,16 @@ impl ClientError {
             ClientError::Rpc(status) => Some(status.code()),
             ClientError::Connect { .. } => Some(Code::Unavailable),
             _ => None,
+        }
+    }
+
+    /// Whether trying again later may succeed: the server is unreachable,
+    /// starting or stopping, busy, or a concurrent push got there first.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Rpc(status) => RetryPolicy::is_retryable(status),
+            _ => false,
         }
     }
 }
@@ -99,7 +114,7 @@ impl RetryPolicy {
 
     /// Full jitter: a random wait up to the exponential bound, so shards
     /// refused together do not come back together.
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub fn backoff(&self, attempt: u32) -> Duration {
         let bound = self
             .first_backoff
             .saturating_mul(1 << attempt.min(16))
@@ -179,6 +194,26 @@ impl Client {
             None => None,
         };
         Ok(Client::with_channel(channel, token))
+    }
+
+    /// Like `connect_with`, but an unreachable server is tried again with
+    /// `retry`'s backoff (a server restarting is back within seconds); the
+    /// client keeps `retry` for its pushes.
+    pub async fn connect_retrying(
+        connection: &Connection,
+        retry: RetryPolicy,
+    ) -> Result<Client, ClientError> {
+        let mut attempt = 0;
+        loop {
+            match Client::connect_with(connection).await {
+                Err(e @ ClientError::Connect { .. }) if attempt + 1 < retry.attempts => {
+                    tracing::debug!(error = %e, attempt, "connect failed; retrying");
+                    tokio::time::sleep(retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other.map(|client| client.retry_policy(retry)),
+            }
+        }
     }
 
     fn with_channel(channel: Channel, token: Option<MetadataValue<Ascii>>) -> Client {
@@ -262,6 +297,36 @@ impl Client {
         Ok(reply.into())
     }
 
+    /// The segment's active job — the one not FAILED or CANCELLED, of which
+    /// there is at most one — if it has one. An ARCHIVED job may have expired
+    /// (see `expired_unix_ms`).
+    pub async fn active_job(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+    ) -> Result<Option<Job>, ClientError> {
+        let mut filter = JobFilter {
+            shard_id: Some(shard_id),
+            log_id_min: Some(log_id),
+            log_id_max: Some(log_id),
+            limit: 100,
+            ..JobFilter::default()
+        };
+        loop {
+            let (page, next) = self.list(&filter).await?;
+            if let Some(job) = page
+                .into_iter()
+                .find(|job| !matches!(job.state, JobState::Failed | JobState::Cancelled))
+            {
+                return Ok(Some(job));
+            }
+            match next {
+                Some(next) => filter.after = Some(next),
+                None => return Ok(None),
+            }
+        }
+    }
+
     pub async fn cancel(&self, job_id: impl Into<JobId>) -> Result<Job, ClientError> {
         let job_id = job_id.into().0;
         let job = self
@@ -292,6 +357,18 @@ impl Client {
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
         progress: Option<Progress>,
     ) -> Result<u64, ClientError> {
+        self.restore_hashing(shard_id, log_id, out, progress, None)
+            .await
+    }
+
+    async fn restore_hashing(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        progress: Option<Progress>,
+        mut hasher: Option<&mut Sha256>,
+    ) -> Result<u64, ClientError> {
         let mut chunks = self
             .rpc
             .clone()
@@ -300,6 +377,9 @@ impl Client {
             .into_inner();
         let mut written = 0u64;
         while let Some(chunk) = chunks.message().await? {
+            if let Some(hasher) = hasher.as_deref_mut() {
+                hasher.update(&chunk.data);
+            }
             out.write_all(&chunk.data)
                 .await
                 .map_err(ClientError::io("writing restored bytes"))?;
@@ -315,13 +395,40 @@ impl Client {
     }
 
     /// Restores into `path` through a temporary file renamed into place only
-    /// once the whole segment arrived verified: no partial file on failure.
+    /// once the whole segment arrived verified and is on disk (file and
+    /// directory fsynced): no partial file under `path`, even after a crash.
     pub async fn restore_to_file(
         &self,
         shard_id: ShardId,
         log_id: LogId,
         path: &Path,
         progress: Option<Progress>,
+    ) -> Result<u64, ClientError> {
+        self.restore_into_place(shard_id, log_id, path, progress, None)
+            .await
+    }
+
+    /// Like `restore_to_file` for an ARCHIVED job looked up first (`active_job`),
+    /// and the client checks too: the bytes must have the job's size and
+    /// SHA-256 before they are renamed into place. This does not rely on how
+    /// the transport reports a stream cut short.
+    pub async fn restore_job_to_file(
+        &self,
+        job: &Job,
+        path: &Path,
+        progress: Option<Progress>,
+    ) -> Result<u64, ClientError> {
+        self.restore_into_place(job.shard_id, job.log_id, path, progress, Some(job))
+            .await
+    }
+
+    async fn restore_into_place(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        path: &Path,
+        progress: Option<Progress>,
+        expected: Option<&Job>,
     ) -> Result<u64, ClientError> {
         let file_name = path
             .file_name()
@@ -331,22 +438,66 @@ impl Client {
         let mut file = tokio::fs::File::create(&temp)
             .await
             .map_err(ClientError::io(format!("creating {}", temp.display())))?;
-        let written = match self.restore_to(shard_id, log_id, &mut file, progress).await {
+        let mut hasher = expected.map(|_| Sha256::new());
+        let restored = async {
+            let written = self
+                .restore_hashing(shard_id, log_id, &mut file, progress, hasher.as_mut())
+                .await?;
+            if let (Some(job), Some(hasher)) = (expected, hasher) {
+                check_restored(job, written, Digest(hasher.finalize().into()))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(ClientError::io(format!("syncing {}", temp.display())))?;
+            Ok(written)
+        }
+        .await;
+        drop(file);
+        let written = match restored {
             Ok(written) => written,
             Err(e) => {
-                drop(file);
                 let _ = tokio::fs::remove_file(&temp).await;
                 return Err(e);
             }
         };
-        file.sync_all()
-            .await
-            .map_err(ClientError::io(format!("syncing {}", temp.display())))?;
         tokio::fs::rename(&temp, path)
             .await
             .map_err(ClientError::io(format!("renaming into {}", path.display())))?;
+        sync_parent(path).await?;
         Ok(written)
     }
+}
+
+fn check_restored(job: &Job, written: u64, sha256: Digest) -> Result<(), ClientError> {
+    let mismatch = |problem: String| ClientError::RestoreMismatch {
+        job: job.id,
+        problem,
+    };
+    if let Some(size) = job.size
+        && size != written
+    {
+        return Err(mismatch(format!("{written} bytes, expected {size}")));
+    }
+    match job.sha256 {
+        Some(expected) if expected != sha256 => {
+            Err(mismatch(format!("SHA-256 {sha256}, expected {expected}")))
+        }
+        Some(_) => Ok(()),
+        None => Err(mismatch("the job records no SHA-256".into())),
+    }
+}
+
+/// Makes a rename into `path` durable.
+async fn sync_parent(path: &Path) -> Result<(), ClientError> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let context = format!("syncing directory {}", parent.display());
+    tokio::task::spawn_blocking(move || std::fs::File::open(&parent)?.sync_all())
+        .await
+        .map_err(|e| ClientError::io(context.clone())(std::io::Error::other(e)))?
+        .map_err(ClientError::io(context))
 }
 
 fn tls_config(connection: &Connection) -> Result<ClientTlsConfig, ClientError> {

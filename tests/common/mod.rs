@@ -33,6 +33,8 @@ pub struct Server {
     pub s3: Option<S3Target>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// `--listen`: `127.0.0.1:0` (a new port on each start) unless fixed.
+    listen: String,
     _dir: Option<tempfile::TempDir>,
     /// The log lives apart from the data dir, which a test may fill up.
     _log_dir: tempfile::TempDir,
@@ -49,12 +51,27 @@ impl Server {
 
     /// Starts a server on `data_dir` (kept as it is).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
+        Server::start_listening_in(data_dir, "127.0.0.1:0", args)
+    }
+
+    /// Starts a server on a fresh data dir at a fixed address, which it keeps
+    /// across `restart`: for clients configured once with a URL, like
+    /// PostgreSQL's archive_command. `free_port` picks one.
+    pub fn start_listening(listen: &str, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::start_listening_in(&dir.path().join("data"), listen, args);
+        server._dir = Some(dir);
+        server
+    }
+
+    fn start_listening_in(data_dir: &Path, listen: &str, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Server::spawn_with(data_dir, args, Vec::new(), Backend::Local, None)
+        Server::spawn_with(data_dir, listen, args, Vec::new(), Backend::Local, None)
     }
 
     fn spawn_with(
         data_dir: &Path,
+        listen: &str,
         args: Vec<String>,
         env: Vec<(String, String)>,
         backend: Backend,
@@ -62,7 +79,7 @@ impl Server {
     ) -> Server {
         let log_dir = tempfile::tempdir().expect("log dir");
         let log = log_dir.path().join("server.log");
-        let (child, addr) = spawn(data_dir, &args, &env, &log);
+        let (child, addr) = spawn(data_dir, listen, &args, &env, &log);
         Server {
             child: Some(child),
             addr,
@@ -72,6 +89,7 @@ impl Server {
             s3,
             args,
             env,
+            listen: listen.to_owned(),
             _dir: None,
             _log_dir: log_dir,
         }
@@ -117,10 +135,17 @@ impl Server {
         wait_with_timeout(&mut child, limit)
     }
 
-    /// Starts again on the same data dir with the same flags (a new port).
+    /// Starts again on the same data dir with the same flags (a new port,
+    /// unless started with `start_listening`).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, addr) = spawn(&self.data_dir, &self.args, &self.env, &self.log);
+        let (child, addr) = spawn(
+            &self.data_dir,
+            &self.listen,
+            &self.args,
+            &self.env,
+            &self.log,
+        );
         self.child = Some(child);
         self.addr = addr;
     }
@@ -171,8 +196,17 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port free right now, for `Server::start_listening`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
 fn spawn(
     data_dir: &Path,
+    listen: &str,
     args: &[String],
     env: &[(String, String)],
     log: &Path,
@@ -185,7 +219,7 @@ fn spawn(
     let mut child = Command::new(BIN)
         .arg("serve")
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(listen)
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)

@@ -59,6 +59,7 @@ impl Server {
         };
         let mut server = Server::spawn_with(
             &dir.path().join("data"),
+            "127.0.0.1:0",
             all,
             garage.env(),
             Backend::S3,
