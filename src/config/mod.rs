@@ -1,0 +1,268 @@
+//! The one typed configuration. Values come from, in order of precedence (last
+//! wins): built-in defaults, a TOML file (`--config`), `WAL_ARCHIVER_*`
+//! environment variables, command-line flags. Each layer is a TOML table merged
+//! over the previous one, so every key can be set the same way in every layer.
+//!
+//! Every key is declared once, in `config_keys!` below: its type, default and
+//! help text make the `Config` field, its default, and its `serve --flag`.
+
+use std::path::{Path, PathBuf};
+
+pub const ENV_PREFIX: &str = "WAL_ARCHIVER_";
+
+/// Declares the configuration keys. `switch` makes the flag usable without a
+/// value (`--allow-unauthenticated` means `true`).
+mod keys;
+#[cfg(test)]
+mod tests;
+
+pub use keys::{
+    Config, ConfigFlags, KEYS, LogFormat, S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, StorageKind,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// A value that does not fit its key, with where it came from.
+    #[error("{source_name}: {message}")]
+    Value {
+        source_name: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file`, then the `WAL_ARCHIVER_*` variables among `env`, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &ConfigFlags,
+    ) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            merged.extend(table);
+            into_config(merged.clone()).map_err(|message| ConfigError::Value {
+                source_name: format!("config file {}", path.display()),
+                message,
+            })?;
+        }
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            // The client's variables (WAL_ARCHIVER_SERVER, _TOKEN) are not server keys.
+            let Some(key) = KEYS.iter().find(|known| **known == key) else {
+                continue;
+            };
+            set(&mut merged, key, &value, || {
+                format!("environment variable {name}={value}")
+            })?;
+        }
+        for (key, value) in flags.given() {
+            let flag = format!("--{}", key.replace('_', "-"));
+            set(&mut merged, key, &value, || format!("flag {flag} {value}"))?;
+        }
+        let mut config = into_config(merged).map_err(ConfigError::Invalid)?;
+        config.s3_prefix = normalise_prefix(&config.s3_prefix);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.archive_queue_size == 0 {
+            return invalid("archive_queue_size must be at least 1");
+        }
+        if !(1..=zstd::zstd_safe::max_c_level()).contains(&self.max_zstd_level) {
+            return invalid("max_zstd_level must be between 1 and 22");
+        }
+        if !(zstd::zstd_safe::min_c_level()..=self.max_zstd_level).contains(&self.compression_level)
+        {
+            return invalid(
+                "compression_level must be between zstd's lowest level and max_zstd_level",
+            );
+        }
+        if self.receive_idle_timeout == 0 {
+            return invalid("receive_idle_timeout must be at least 1 second");
+        }
+        if self.stall_timeout == 0 || self.retry_max_backoff == 0 {
+            return invalid("stall_timeout and retry_max_backoff must be at least 1 second");
+        }
+        if self.max_chunk_size == 0 || self.max_chunk_size > 16 << 20 {
+            return invalid("max_chunk_size must be between 1 byte and 16 MiB");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together");
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid("tls_client_ca needs tls_cert and tls_key");
+        }
+        if !self.listen.ip().is_loopback()
+            && self.tokens_file.is_none()
+            && !self.allow_unauthenticated
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without authentication: set tokens_file, or allow_unauthenticated = true \
+                 to serve anyone who can reach that address",
+                self.listen
+            )));
+        }
+        if !(0..=19).contains(&self.worker_nice) {
+            return invalid("worker_nice must be between 0 and 19");
+        }
+        if self.max_concurrent_uploads == 0 {
+            return invalid("max_concurrent_uploads must be at least 1");
+        }
+        self.validate_storage()
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.storage_timeout == 0 {
+            return invalid("storage_timeout must be at least 1 second".into());
+        }
+        if self.storage != StorageKind::S3 {
+            return Ok(());
+        }
+        if self.s3_bucket.as_deref().is_none_or(str::is_empty) {
+            return invalid("storage = s3 needs s3_bucket".into());
+        }
+        match self.s3_endpoint.as_deref() {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return invalid(format!(
+                    "s3_endpoint {url:?} must be an http:// or https:// URL"
+                ));
+            }
+            None if self.s3_region.is_empty() => {
+                return invalid("storage = s3 needs s3_endpoint or s3_region".into());
+            }
+            _ => {}
+        }
+        if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&self.s3_part_size) {
+            return invalid(format!(
+                "s3_part_size must be between {S3_MIN_PART_SIZE} (5 MiB, S3's smallest part) and {S3_MAX_PART_SIZE} (5 GiB)"
+            ));
+        }
+        if self.s3_upload_concurrency == 0 {
+            return invalid("s3_upload_concurrency must be at least 1".into());
+        }
+        let prefix = normalise_prefix(&self.s3_prefix);
+        let bad_segment = |part: &str| part.is_empty() || part == "." || part == "..";
+        if let Some(segments) = prefix.strip_suffix('/')
+            && segments.split('/').any(bad_segment)
+        {
+            return invalid(format!(
+                "s3_prefix {:?} must be path segments separated by single slashes, without . or ..",
+                self.s3_prefix
+            ));
+        }
+        if self.s3_access_key_id_file.is_some() != self.s3_secret_access_key_file.is_some() {
+            return invalid(
+                "s3_access_key_id_file and s3_secret_access_key_file go together".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a segment of `size` bytes goes to the small lane too.
+    pub fn is_small(&self, size: u64) -> bool {
+        size <= self.small_job_size
+    }
+
+    /// Restores streamed at once.
+    pub fn restores(&self) -> usize {
+        if self.max_concurrent_restores > 0 {
+            self.max_concurrent_restores
+        } else {
+            4 * available_cores()
+        }
+    }
+
+    /// The number of compression workers actually started (the small lane's not counted).
+    pub fn workers(&self) -> usize {
+        if self.archive_parallelism > 0 {
+            self.archive_parallelism
+        } else {
+            available_cores()
+        }
+    }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// An S3 key prefix as the store uses it: empty, or ending with one `/`.
+pub fn normalise_prefix(prefix: &str) -> String {
+    let prefix = prefix.trim_start_matches('/');
+    if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+fn into_config(table: toml::Table) -> Result<Config, String> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_owned())
+}
+
+/// Sets `key` from text (an environment variable or a flag). The text is
+/// taken as whichever TOML type the key accepts — a string, else a number or
+/// a boolean — so `8`, `true` and `/data` all mean what they say.
+fn set(
+    merged: &mut toml::Table,
+    key: &str,
+    text: &str,
+    source_name: impl Fn() -> String,
+) -> Result<(), ConfigError> {
+    let trimmed = text.trim();
+    let candidates = [
+        Some(toml::Value::String(text.to_owned())),
+        trimmed.parse::<i64>().ok().map(toml::Value::Integer),
+        trimmed.parse::<bool>().ok().map(toml::Value::Boolean),
+        trimmed.parse::<f64>().ok().map(toml::Value::Float),
+    ];
+    let mut first_error = None;
+    for value in candidates.into_iter().flatten() {
+        let mut attempt = merged.clone();
+        attempt.insert(key.to_owned(), value.clone());
+        match into_config(attempt) {
+            Ok(_) => {
+                merged.insert(key.to_owned(), value);
+                return Ok(());
+            }
+            Err(message) => {
+                first_error.get_or_insert(message);
+            }
+        }
+    }
+    Err(ConfigError::Value {
+        source_name: source_name(),
+        message: first_error.unwrap_or_default(),
+    })
+}
