@@ -105,8 +105,6 @@ impl Client {
     }
 }
 
-/// An S3-compatible bucket as the archive store.
-
 /// An object's body as a blocking `Read`, one chunk at a time.
 pub(super) struct ObjectReader {
     pub(super) client: Arc<Client>,

@@ -77,6 +77,7 @@ use client::{Client, ObjectReader, classify};
 pub use options::{S3Credentials, S3Options};
 use upload::{S3Pending, remove_record};
 
+/// An S3-compatible bucket as the archive store.
 pub struct S3Store {
     client: Arc<Client>,
     prefix: String,
