@@ -200,13 +200,13 @@ pub(super) async fn measure_service(
 }
 
 /// A `wal-archiver serve` child on a free loopback port.
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: std::process::Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl ServerProcess {
-    fn start(data_dir: &Path) -> Result<Self, BenchError> {
+    pub(super) fn start(data_dir: &Path) -> Result<Self, BenchError> {
         use std::io::BufRead;
         let exe = std::env::current_exe().map_err(io("finding the wal-archiver binary"))?;
         let mut child = Command::new(exe)

@@ -14,6 +14,7 @@
 
 mod baseline;
 mod contenders;
+pub mod history;
 mod report;
 
 use std::path::{Path, PathBuf};

@@ -155,13 +155,18 @@ const RESULTS_END: &str = "<!-- end of bench results -->";
 /// Replaces the results block of a hand-written BENCHMARKS.md, keeping the
 /// analysis around it; appends the block if there is none.
 pub(super) fn splice_results(previous: &str, results: &str) -> String {
-    let block = format!("{RESULTS_START}\n{results}{RESULTS_END}\n");
-    match (previous.find(RESULTS_START), previous.find(RESULTS_END)) {
-        (Some(start), Some(end)) if end > start => {
+    splice(previous, RESULTS_START, RESULTS_END, results)
+}
+
+/// Replaces the block between `start` and `end` in `previous`.
+pub(super) fn splice(previous: &str, start: &str, end: &str, results: &str) -> String {
+    let block = format!("{start}\n{results}{end}\n");
+    match (previous.find(start), previous.find(end)) {
+        (Some(from), Some(to)) if to > from => {
             format!(
                 "{}{block}{}",
-                &previous[..start],
-                &previous[end + RESULTS_END.len()..].trim_start_matches('\n')
+                &previous[..from],
+                &previous[to + end.len()..].trim_start_matches('\n')
             )
         }
         _ if previous.is_empty() => format!("# Benchmarks\n\n{block}"),

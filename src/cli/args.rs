@@ -247,6 +247,9 @@ pub struct BenchArgs {
     /// A small run (4 × 1 MiB, 1 and 4 shards, one 16 MiB segment) that writes no files.
     #[arg(long)]
     pub quick: bool,
+    /// Instead: GetShard and push-ack latency with this many archived jobs on one shard, against an empty database.
+    #[arg(long, value_name = "JOBS")]
+    pub history: Option<u64>,
 }
 
 #[derive(Args)]

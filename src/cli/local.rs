@@ -65,6 +65,11 @@ pub fn generate(
 #[cfg(feature = "bench")]
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use wal_archiver::bench::BenchOptions;
+    if let Some(jobs) = args.history {
+        let markdown = (!args.quick).then_some(args.out.as_path());
+        wal_archiver::bench::history::run(&args.work_dir, jobs, markdown).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = if args.quick {
         BenchOptions {
             work_dir: args.work_dir,
