@@ -139,8 +139,14 @@ impl EngineError {
     /// the archive store unreachable. A job that hits one is tried again later
     /// rather than failed, because it was acknowledged.
     pub fn passes(&self) -> bool {
+        // A store's own failure can arrive wrapped in the io::Error of a
+        // write (a part upload failing inside `Write::write`).
         let os_error_passes = |e: &std::io::Error| {
-            crate::error::is_out_of_space(e) || e.raw_os_error() == Some(libc::EIO)
+            crate::error::is_out_of_space(e)
+                || e.raw_os_error() == Some(libc::EIO)
+                || e.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<StoreError>())
+                    .is_some_and(|store| matches!(store, StoreError::Unavailable(_)) || store.is_out_of_space())
         };
         match self {
             EngineError::Io(e) => os_error_passes(&e.source),
