@@ -48,6 +48,7 @@ on_both_backends!(
     an_archive_of_other_bytes_under_the_key_is_never_overwritten,
     a_crash_mid_upload_is_cleaned_up_and_the_job_resumes,
     a_failed_upload_leaves_no_object,
+    a_damaged_archive_is_repaired_by_a_push_of_the_same_bytes,
 );
 
 /// Incompressible bytes: the archive is as big as the segment.
@@ -190,6 +191,36 @@ async fn verify_finds_damaged_and_missing_archives(backend: Backend) {
     assert_eq!(problems[0].0, 2, "{report:?}");
     assert_eq!(problems[1].0, 3, "{report:?}");
     assert!(problems[1].1.contains("missing"), "{report:?}");
+}
+
+/// A push of an archived segment's bytes rewrites its damaged or missing
+/// archive — on S3 too, where the rewrite must replace an object of the
+/// same segment instead of being refused by a create-only PUT.
+async fn a_damaged_archive_is_repaired_by_a_push_of_the_same_bytes(backend: Backend) {
+    let server = Server::start_with(backend, &[]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    for log_id in 1..=2 {
+        push_json(&client, dir.path(), log_id, 80_000).await;
+    }
+    let mut damaged = server.archive_bytes(1, 1).await.unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x5a;
+    server.put_archive(1, 1, damaged).await;
+    server.remove_archive(1, 2).await;
+    assert_eq!(client.verify(Some(1)).await.unwrap().problems.len(), 2);
+
+    for log_id in 1..=2 {
+        let data = push_json(&client, dir.path(), log_id, 80_000).await;
+        assert_eq!(restored(&client, 1, log_id).await, data);
+        assert!(
+            server.decode_archive(1, log_id).await == data,
+            "the stock zstd decodes the rewritten archive"
+        );
+    }
+    let report = client.verify(Some(1)).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(report.archives_checked, 2);
 }
 
 async fn retention_removes_archives(backend: Backend) {

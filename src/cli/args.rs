@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the archiving service.
     Serve(Box<ServeArgs>),
+    /// Rebuild missing ARCHIVED jobs from the archive store (a lost jobs database; the server must be stopped). Takes serve's configuration.
+    Reindex(Box<ServeArgs>),
     /// Push one segment file, or every wal-<id>.log of a directory below --up-to.
     Push(PushArgs),
     /// Show one job.

@@ -19,7 +19,7 @@ use wal_archiver::client::ClientError;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Reindex(_)) {
         // A client command piped into `head` should end quietly, as CLI tools do.
         // SAFETY: setting a signal disposition before any thread is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve::serve(*args).await,
+        Command::Reindex(args) => serve::reindex(*args).await,
         Command::Push(args) => remote::push(args).await,
         Command::Status { job, client } => remote::status(job, &client).await,
         Command::List(args) => remote::list(args).await,

@@ -45,6 +45,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `wal-archiver reindex`: the same configuration as `serve`, the server stopped.
+pub async fn reindex(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref(), std::env::vars(), &args.flags)?;
+    init_tracing(config.log_format);
+    let report = tokio::task::spawn_blocking(move || {
+        let store = wal_archiver::service::open_store(&config)?;
+        Ok::<_, anyhow::Error>(wal_archiver::engine::Archiver::reindex(
+            &config,
+            store.as_ref(),
+        )?)
+    })
+    .await??;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// SIGHUP reloads what is reloadable (the tokens file, whose watcher acts on
 /// it too) and never kills.
 async fn log_hangups(mut hangup: Signal, has_tokens: bool) {

@@ -8,10 +8,12 @@
 
 mod push;
 mod restore;
+mod router;
 
 pub use push::{
     DEFAULT_CHUNK_SIZE, DirOptions, DirReport, Progress, PushOptions, Pushed, parse_wal_name,
 };
+pub use router::Router;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

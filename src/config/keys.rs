@@ -84,6 +84,10 @@ config_keys! {
     max_concurrent_restores: usize = 0;
     /// WatchJob streams open at once; more get RESOURCE_EXHAUSTED.
     max_concurrent_watches: usize = 1024;
+    /// With several replicas on one bucket: the shards this one serves, as ids and ranges (`0-63,128`); empty means every shard.
+    owned_shards: String = String::new();
+    /// With several replicas on one bucket: `INDEX/COUNT` serves the shards whose id modulo COUNT is INDEX; empty means every shard.
+    shard_partition: String = String::new();
     /// Highest zstd level a push may ask for; higher levels are refused (they cost minutes and hundreds of MiB per segment).
     max_zstd_level: i32 = 19;
     /// Segments up to this size also have a worker of their own, so they never wait behind large or slow ones, in bytes; 0 turns the small lane off.

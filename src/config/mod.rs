@@ -16,6 +16,7 @@ mod keys;
 #[cfg(test)]
 mod tests;
 
+use crate::types::Ownership;
 pub use keys::{
     Config, ConfigFlags, KEYS, LogFormat, S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, StorageKind,
 };
@@ -89,8 +90,22 @@ impl Config {
         Ok(config)
     }
 
+    /// The shards this server serves.
+    pub fn ownership(&self) -> Result<Ownership, ConfigError> {
+        match (self.owned_shards.trim(), self.shard_partition.trim()) {
+            ("", "") => Ok(Ownership::All),
+            (listed, "") => Ownership::listed(listed).map_err(ConfigError::Invalid),
+            ("", partition) => Ownership::partition(partition).map_err(ConfigError::Invalid),
+            _ => Err(ConfigError::Invalid(
+                "owned_shards and shard_partition are two ways to say the same thing: set one"
+                    .into(),
+            )),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        self.ownership()?;
         if self.archive_queue_size == 0 {
             return invalid("archive_queue_size must be at least 1");
         }

@@ -41,6 +41,11 @@ pub enum EngineError {
     Expired { shard_id: ShardId, log_id: LogId },
     #[error("shard {0} has never pushed a segment")]
     ShardNotFound(ShardId),
+    #[error("shard {shard_id} is not served here: this server serves {ownership}")]
+    NotOwned {
+        shard_id: ShardId,
+        ownership: String,
+    },
     #[error(
         "shard {shard_id} log_id {log_id} was already pushed with SHA-256 {existing}; this push has SHA-256 {pushed}"
     )]
@@ -109,7 +114,7 @@ impl Classified for EngineError {
             E::JobFailed(job) => job
                 .failure
                 .map_or(ErrorKind::Aborted, FailureKind::error_kind),
-            E::NotCancellable { .. } => ErrorKind::FailedPrecondition,
+            E::NotCancellable { .. } | E::NotOwned { .. } => ErrorKind::FailedPrecondition,
             E::Invalid(_) | E::BadJsonLine(_) | E::SizeMismatch { .. } | E::MissingDigest => {
                 ErrorKind::InvalidArgument
             }
@@ -146,7 +151,9 @@ impl EngineError {
                 || e.raw_os_error() == Some(libc::EIO)
                 || e.get_ref()
                     .and_then(|inner| inner.downcast_ref::<StoreError>())
-                    .is_some_and(|store| matches!(store, StoreError::Unavailable(_)) || store.is_out_of_space())
+                    .is_some_and(|store| {
+                        matches!(store, StoreError::Unavailable(_)) || store.is_out_of_space()
+                    })
         };
         match self {
             EngineError::Io(e) => os_error_passes(&e.source),

@@ -8,7 +8,12 @@ use super::EngineError;
 use super::restore::open_job_archive;
 use crate::store::{ArchiveKey, ArchiveStore, JobDb};
 use crate::telemetry;
-use crate::types::{Job, LogIdGap, ShardId, VerifyProblem, VerifyReport, now_unix_ms};
+use std::collections::HashSet;
+
+use crate::types::{
+    Job, JobId, LogId, LogIdGap, SIDE_FILE_LOG_ID, ShardId, VerifyProblem, VerifyReport,
+    now_unix_ms,
+};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// Archives looked at per query of a retention pass.
@@ -30,7 +35,12 @@ impl Maintenance {
         let mut report = VerifyReport::default();
         for shard_id in shards {
             let jobs = self.db.archived_jobs(shard_id)?;
-            for pair in jobs.windows(2) {
+            // Gaps among segments; side files are not a sequence.
+            let segments: Vec<&Job> = jobs
+                .iter()
+                .filter(|j| j.log_id < SIDE_FILE_LOG_ID)
+                .collect();
+            for pair in segments.windows(2) {
                 if pair[1].log_id > pair[0].log_id + 1 {
                     report.gaps.push(LogIdGap {
                         shard_id,
@@ -51,6 +61,22 @@ impl Maintenance {
                         job_id: job.id,
                         problem,
                     }),
+                }
+            }
+            // Objects no job here accounts for.
+            let known: HashSet<LogId> = jobs.iter().map(|job| job.log_id).collect();
+            for key in self.store.list(Some(shard_id))? {
+                if !known.contains(&key.log_id) {
+                    report.problems.push(VerifyProblem {
+                        shard_id,
+                        log_id: key.log_id,
+                        job_id: JobId(0),
+                        problem: format!(
+                            "{} has no ARCHIVED job here (written by another replica, or before the jobs database \
+                             was lost): `wal-archiver reindex` records it",
+                            self.store.location(key)
+                        ),
+                    });
                 }
             }
         }

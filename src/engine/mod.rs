@@ -22,6 +22,7 @@ mod ingest;
 mod jobs;
 mod maintenance;
 mod recovery;
+mod reindex;
 mod restore;
 
 use std::sync::Arc;
@@ -36,13 +37,14 @@ pub use error::EngineError;
 pub use gauges::Gauges;
 pub use ingest::{Accepted, Begin, Upload};
 pub use recovery::RecoveryReport;
+pub use reindex::ReindexReport;
 
 use crate::config::Config;
 use crate::error::IoError;
 use crate::queue::{Interrupt, Scheduler, WorkerPool};
 use crate::store::{ArchiveKey, ArchiveStore, DataDirLock, JobDb, Spool};
 use crate::types::{
-    Job, JobFilter, JobId, LogId, SegmentRequest, ShardId, ShardStatus, VerifyReport,
+    Job, JobFilter, JobId, LogId, Ownership, SegmentRequest, ShardId, ShardStatus, VerifyReport,
 };
 use compress::Compressor;
 use events::Events;
@@ -61,6 +63,7 @@ struct Parts {
     /// Held for the engine's life: one server per data dir.
     _lock: DataDirLock,
     config: Arc<Config>,
+    ownership: Ownership,
     intake: Arc<Intake>,
     jobs: Jobs,
     restorer: Restorer,
@@ -85,7 +88,14 @@ impl Archiver {
             .map_err(IoError::with(format!("creating {}", data_dir.display())))?;
         // Before anything reads or recovers the data dir.
         let lock = DataDirLock::acquire(data_dir)?;
+        let ownership = config
+            .ownership()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let db = Arc::new(JobDb::open(&data_dir.join("jobs.db"))?);
+        if db.is_fresh() {
+            // A new or lost jobs database: the store knows what is archived.
+            reindex::reindex(&db, store.as_ref(), &ownership)?;
+        }
         let spool = Arc::new(Spool::open(data_dir.join("spool"))?);
         let scheduler = Arc::new(Scheduler::new(config.archive_queue_size));
         let events = Events::new();
@@ -118,6 +128,7 @@ impl Archiver {
         .map_err(IoError::with("starting the stall watchdog"))?;
         let parts = Parts {
             _lock: lock,
+            ownership,
             intake: Arc::new(Intake {
                 config: config.clone(),
                 db: db.clone(),
@@ -178,8 +189,39 @@ impl Archiver {
         self.parts.store.location(ArchiveKey { shard_id, log_id })
     }
 
+    /// Rebuilds missing ARCHIVED jobs of the owned shards from `store`, on a
+    /// data dir no server is using (`wal-archiver reindex`).
+    pub fn reindex(
+        config: &Config,
+        store: &dyn ArchiveStore,
+    ) -> Result<ReindexReport, EngineError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(IoError::with(format!(
+            "creating {}",
+            config.data_dir.display()
+        )))?;
+        let _lock = DataDirLock::acquire(&config.data_dir)?;
+        let ownership = config
+            .ownership()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let db = JobDb::open(&config.data_dir.join("jobs.db"))?;
+        reindex::reindex(&db, store, &ownership)
+    }
+
+    /// Refuses a shard another replica serves.
+    fn check_owned(&self, shard_id: ShardId) -> Result<(), EngineError> {
+        if self.parts.ownership.owns(shard_id) {
+            Ok(())
+        } else {
+            Err(EngineError::NotOwned {
+                shard_id,
+                ownership: self.parts.ownership.to_string(),
+            })
+        }
+    }
+
     /// Starts taking a segment in. See `Begin`.
     pub async fn begin(&self, request: SegmentRequest) -> Result<Begin, EngineError> {
+        self.check_owned(request.shard_id)?;
         ingest::begin(self.parts.intake.clone(), request).await
     }
 
@@ -192,6 +234,7 @@ impl Archiver {
     }
 
     pub async fn shard(&self, shard_id: ShardId) -> Result<ShardStatus, EngineError> {
+        self.check_owned(shard_id)?;
         self.parts.jobs.shard(shard_id).await
     }
 
@@ -221,6 +264,7 @@ impl Archiver {
         shard_id: ShardId,
         log_id: LogId,
     ) -> Result<impl Stream<Item = Result<Bytes, EngineError>> + Send + 'static, EngineError> {
+        self.check_owned(shard_id)?;
         self.parts.restorer.restore(shard_id, log_id).await
     }
 

@@ -203,17 +203,23 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
 async fn open_engine(config: &Config) -> Result<Archiver, ServeError> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
-        let store: Arc<dyn ArchiveStore> = match config.storage {
-            StorageKind::Local => Arc::new(LocalStore::open(config.data_dir.join("archives"))?),
-            StorageKind::S3 => {
-                let options = S3Options::from_config(&config, std::env::vars())?;
-                Arc::new(S3Store::open(options, tokio::runtime::Handle::current())?)
-            }
-        };
+        let store = open_store(&config)?;
         let (archiver, _report) = Archiver::open(config, store)?;
         Ok::<_, ServeError>(archiver)
     })
     .await?
+}
+
+/// The archive store the configuration names. Call it off the async threads
+/// (an object store captures the runtime to run its requests on).
+pub fn open_store(config: &Config) -> Result<Arc<dyn ArchiveStore>, ServeError> {
+    Ok(match config.storage {
+        StorageKind::Local => Arc::new(LocalStore::open(config.data_dir.join("archives"))?),
+        StorageKind::S3 => {
+            let options = S3Options::from_config(config, std::env::vars())?;
+            Arc::new(S3Store::open(options, tokio::runtime::Handle::current())?)
+        }
+    })
 }
 
 /// Health NOT_SERVING, pushes refused, compressions given `shutdown_grace`,

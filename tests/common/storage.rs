@@ -49,7 +49,13 @@ impl Server {
 
     /// Starts a server with archives in `garage`, under a prefix of its own.
     pub fn start_on(garage: &Garage, args: &[&str]) -> Server {
-        let prefix = unique_prefix();
+        Server::start_on_prefix(garage, &unique_prefix(), args)
+    }
+
+    /// Starts a server on `garage` under `prefix`: several of them share one
+    /// bucket the way replicas do.
+    pub fn start_on_prefix(garage: &Garage, prefix: &str, args: &[&str]) -> Server {
+        let prefix = prefix.to_owned();
         let mut all = garage.server_args(&prefix);
         all.extend(args.iter().map(|a| a.to_string()));
         let dir = tempfile::tempdir().expect("temp dir");

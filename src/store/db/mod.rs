@@ -34,6 +34,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_READERS: usize = 8;
 
 pub struct JobDb {
+    /// The database held no jobs when it was opened.
+    fresh: bool,
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
@@ -46,6 +48,18 @@ pub enum InsertOutcome {
     New(Job),
     /// The segment already has an active (not FAILED or CANCELLED) job.
     Existing(Job),
+}
+
+/// An archive found in the store, as its header describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct FoundArchive {
+    pub shard_id: ShardId,
+    pub log_id: LogId,
+    pub size: u64,
+    pub sha256: Digest,
+    pub kind: crate::types::ContentKind,
+    pub zstd_level: i32,
+    pub archive_size: u64,
 }
 
 /// What receiving a segment proved about it.
@@ -62,11 +76,58 @@ impl JobDb {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(BUSY_TIMEOUT)?;
-        schema::migrate(&mut writer)?;
+        let fresh = schema::migrate(&mut writer)?;
         Ok(JobDb {
+            fresh,
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The database held no jobs when it was opened: a new data dir, or one
+    /// whose database was lost.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Records an archive found in the store as an ARCHIVED job (rebuilding a
+    /// lost jobs database); `false` when the segment has an active job already.
+    pub fn insert_archived(&self, found: &FoundArchive) -> Result<bool, StoreError> {
+        self.write(|conn| {
+            let now = now_unix_ms();
+            let inserted = conn.execute(
+                "INSERT INTO jobs (shard_id, log_id, state, reason, size, sha256, kind, ack, zstd_level,
+                                   archive_size, created_ms, updated_ms)
+                 VALUES (?1, ?2, 'ARCHIVED', 'found in the archive store', ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?8)",
+                params![
+                    found.shard_id,
+                    found.log_id as i64,
+                    found.size as i64,
+                    found.sha256.0.to_vec(),
+                    found.kind.as_str(),
+                    found.zstd_level,
+                    found.archive_size as i64,
+                    now
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(true),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Marks `log_id` of a shard as submitted but not archived, so the
+    /// watermark stops before it until it is archived (or resolved).
+    pub fn mark_pending(&self, shard_id: ShardId, log_id: LogId) -> Result<(), StoreError> {
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO segments (shard_id, log_id, state) VALUES (?1, ?2, 0) ON CONFLICT DO NOTHING",
+                params![shard_id, log_id as i64],
+            )?;
+            Ok(())
         })
     }
 

@@ -131,10 +131,15 @@ UPDATE jobs SET archive_removed = 1 WHERE expired_ms IS NOT NULL;
 ",
 ];
 
-/// Brings the database up to the current schema.
-pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Brings the database up to the current schema; `true` when it held no
+/// jobs before (a new data dir, or one whose database was lost).
+pub fn migrate(conn: &mut Connection) -> Result<bool, StoreError> {
     conn.execute_batch(BASE)?;
     let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let fresh = version == 0
+        && conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM jobs)", [], |row| {
+            row.get::<_, bool>(0)
+        })?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Corrupt(format!(
             "the jobs database is at schema version {version}, newer than this build understands ({}); \
@@ -148,7 +153,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", done + 1)?;
         tx.commit()?;
     }
-    Ok(())
+    Ok(fresh)
 }
 
 #[cfg(test)]

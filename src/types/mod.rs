@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 
+mod ownership;
+
+pub use ownership::Ownership;
+
 pub type ShardId = u32;
 pub type LogId = u64;
 
