@@ -6,8 +6,9 @@ use bytes::Bytes;
 use crate::error::{Classified, ErrorKind};
 use crate::proto;
 use crate::types::{
-    AckLevel, ContentKind, Digest, Job, JobFilter, JobId, JobState, JsonStats, LogIdGap,
-    SegmentRequest, ShardStatus, Trailer, VerifyProblem, VerifyReport,
+    AckLevel, Blocker, ContentKind, Digest, FailureClass, FailureKind, Job, JobFilter, JobId,
+    JobState, JsonStats, LogIdGap, Resolution, SegmentRequest, ShardStatus, Trailer, VerifyProblem,
+    VerifyReport,
 };
 
 /// A message whose fields do not make sense (unknown enum value, a digest of
@@ -161,7 +162,28 @@ impl From<Job> for proto::Job {
             last_timestamp: job.json.and_then(|j| j.last_timestamp),
             expired_unix_ms: job.expired_unix_ms.unwrap_or(0),
             attempts: job.attempts,
+            failure_kind: job
+                .failure
+                .map(|k| k.as_str().to_owned())
+                .unwrap_or_default(),
+            failure_class: proto_class(job.failure_class) as i32,
         }
+    }
+}
+
+fn proto_class(class: Option<FailureClass>) -> proto::FailureClass {
+    match class {
+        None => proto::FailureClass::Unspecified,
+        Some(FailureClass::Retryable) => proto::FailureClass::Retryable,
+        Some(FailureClass::Permanent) => proto::FailureClass::Permanent,
+    }
+}
+
+fn failure_class(value: i32) -> Option<FailureClass> {
+    match proto::FailureClass::try_from(value) {
+        Ok(proto::FailureClass::Retryable) => Some(FailureClass::Retryable),
+        Ok(proto::FailureClass::Permanent) => Some(FailureClass::Permanent),
+        _ => None,
     }
 }
 
@@ -175,7 +197,8 @@ impl From<&proto::Job> for Job {
             log_id: job.log_id,
             state: job_state(proto::JobState::try_from(job.state).unwrap_or_default()),
             reason: job.reason.clone(),
-            failure: None,
+            failure: job.failure_kind.parse::<FailureKind>().ok(),
+            failure_class: failure_class(job.failure_class),
             size: Some(job.size),
             sha256: Digest::from_slice(&job.sha256),
             kind: content_kind(job.kind).unwrap_or_default(),
@@ -264,6 +287,17 @@ impl From<ShardStatus> for proto::Shard {
             bytes_in: status.bytes_in,
             bytes_out: status.bytes_out,
             archived_watermark: status.archived_watermark,
+            last_archived_unix_ms: status.last_archived_unix_ms,
+            held_by: status.held_by.map(|b| proto::Blocker {
+                log_id: b.log_id,
+                job_id: b.job_id.map(|id| id.0),
+                state: b.state.map_or(0, |s| proto_state(s) as i32),
+                reason: b.reason,
+                failure_class: proto_class(b.failure_class) as i32,
+                since_unix_ms: b.since_unix_ms,
+            }),
+            resolved: status.resolved,
+            failed_segments: status.failed_segments,
         }
     }
 }
@@ -280,6 +314,41 @@ impl From<proto::Shard> for ShardStatus {
             bytes_in: shard.bytes_in,
             bytes_out: shard.bytes_out,
             archived_watermark: shard.archived_watermark,
+            last_archived_unix_ms: shard.last_archived_unix_ms,
+            held_by: shard.held_by.map(|b| Blocker {
+                log_id: b.log_id,
+                job_id: b.job_id.map(JobId),
+                state: state_filter(b.state).ok().flatten(),
+                reason: b.reason,
+                failure_class: failure_class(b.failure_class),
+                since_unix_ms: b.since_unix_ms,
+            }),
+            resolved: shard.resolved,
+            failed_segments: shard.failed_segments,
+        }
+    }
+}
+
+impl From<Resolution> for proto::Resolution {
+    fn from(r: Resolution) -> Self {
+        proto::Resolution {
+            shard_id: r.shard_id,
+            log_id: r.log_id,
+            reason: r.reason,
+            by: r.by,
+            unix_ms: r.unix_ms,
+        }
+    }
+}
+
+impl From<proto::Resolution> for Resolution {
+    fn from(r: proto::Resolution) -> Self {
+        Resolution {
+            shard_id: r.shard_id,
+            log_id: r.log_id,
+            reason: r.reason,
+            by: r.by,
+            unix_ms: r.unix_ms,
         }
     }
 }
@@ -308,6 +377,7 @@ impl From<VerifyReport> for proto::VerifyReply {
                     last_missing: g.last_missing,
                 })
                 .collect(),
+            resolved: report.resolved.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -336,6 +406,7 @@ impl From<proto::VerifyReply> for VerifyReport {
                     last_missing: g.last_missing,
                 })
                 .collect(),
+            resolved: reply.resolved.into_iter().map(Into::into).collect(),
         }
     }
 }

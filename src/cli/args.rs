@@ -47,9 +47,26 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Show a shard's queue, counters and archived watermark.
+    /// Show a shard's archived watermark, what holds it back and why, its queue and counters.
     Shard {
         shard: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every shard at a glance: watermark, what holds it back and why, failures, last archive.
+    Info {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give up a segment that is lost or permanently bad so its shard's watermark may pass it (admin; recorded with who and why).
+    Resolve {
+        #[arg(long)]
+        shard: u32,
+        #[arg(long)]
+        log_id: u64,
+        /// Why it is given up: recorded, shown by `info`, `shard` and `verify`.
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         client: ClientArgs,
     },

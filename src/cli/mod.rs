@@ -60,6 +60,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch { job, client } => remote::watch(job, &client).await,
         Command::Cancel { job, client } => remote::cancel(job, &client).await,
         Command::Shard { shard, client } => remote::shard(shard, &client).await,
+        Command::Info { client } => remote::info(&client).await,
+        Command::Resolve {
+            shard,
+            log_id,
+            reason,
+            client,
+        } => remote::resolve(shard, log_id, &reason, &client).await,
         Command::Restore {
             shard,
             log_id,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use futures::StreamExt;
 
 use super::args::{ClientArgs, ListArgs, PushArgs};
-use super::output::{exit_for, job_line, print_job, print_shard, progress_bar};
+use super::output::{exit_for, job_line, print_job, print_shard, print_shards, progress_bar};
 use wal_archiver::client::{Client, ClientError, Connection, DirOptions, PushOptions};
 use wal_archiver::types::{AckLevel, JobFilter, JobId, JobState, ShardId};
 
@@ -140,6 +140,33 @@ pub async fn shard(shard: ShardId, client: &ClientArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn info(client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let shards = connect(client).await?.shards().await?;
+    print_shards(&shards, client.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn resolve(
+    shard: ShardId,
+    log_id: u64,
+    reason: &str,
+    client: &ClientArgs,
+) -> anyhow::Result<ExitCode> {
+    let resolution = connect(client)
+        .await?
+        .resolve(shard, log_id, reason)
+        .await?;
+    if client.json {
+        println!("{}", serde_json::to_string(&resolution)?);
+    } else {
+        println!(
+            "shard {} log_id {} resolved by {:?}: {}",
+            resolution.shard_id, resolution.log_id, resolution.by, resolution.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn restore(
     shard: ShardId,
     log_id: u64,
@@ -190,6 +217,12 @@ pub async fn verify(shard: Option<ShardId>, client: &ClientArgs) -> anyhow::Resu
             println!(
                 "shard {}: no archive for log_ids {}..={}",
                 g.shard_id, g.first_missing, g.last_missing
+            );
+        }
+        for r in &report.resolved {
+            println!(
+                "shard {} log_id {}: resolved by {:?} (not archived, given up): {}",
+                r.shard_id, r.log_id, r.by, r.reason
             );
         }
     }

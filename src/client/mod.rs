@@ -30,7 +30,7 @@ use crate::api;
 use crate::error::IoError;
 use crate::proto::{self, wal_archiver_client::WalArchiverClient};
 use crate::types::{
-    Digest, Job, JobFilter, JobId, JobState, LogId, ShardId, ShardStatus, VerifyReport,
+    Digest, Job, JobFilter, JobId, JobState, LogId, Resolution, ShardId, ShardStatus, VerifyReport,
 };
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -338,6 +338,39 @@ impl Client {
             .await?
             .into_inner();
         Ok(Job::from(&job))
+    }
+
+    /// Every shard the server knows (that this caller may read), with what
+    /// holds each one's watermark.
+    pub async fn shards(&self) -> Result<Vec<ShardStatus>, ClientError> {
+        let reply = self
+            .rpc
+            .clone()
+            .list_shards(proto::ListShardsRequest {})
+            .await?
+            .into_inner();
+        Ok(reply.shards.into_iter().map(Into::into).collect())
+    }
+
+    /// Gives up a segment that is lost or permanently bad (admin): the
+    /// shard's watermark may then pass it, and its WAL be deleted.
+    pub async fn resolve(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        reason: &str,
+    ) -> Result<Resolution, ClientError> {
+        let resolution = self
+            .rpc
+            .clone()
+            .resolve_segment(proto::ResolveSegmentRequest {
+                shard_id,
+                log_id,
+                reason: reason.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(resolution.into())
     }
 
     pub async fn shard(&self, shard_id: ShardId) -> Result<ShardStatus, ClientError> {

@@ -46,6 +46,19 @@ pub enum EngineError {
         shard_id: ShardId,
         ownership: String,
     },
+    #[error("shard {shard_id} never submitted log_id {log_id}: there is nothing to resolve")]
+    NotSubmitted { shard_id: ShardId, log_id: LogId },
+    #[error("shard {shard_id} log_id {log_id} is archived: there is nothing to resolve")]
+    AlreadyArchived { shard_id: ShardId, log_id: LogId },
+    #[error(
+        "shard {shard_id} log_id {log_id} has job {job_id}, {state}: cancel it (or let it end) before resolving"
+    )]
+    StillActive {
+        shard_id: ShardId,
+        log_id: LogId,
+        job_id: JobId,
+        state: JobState,
+    },
     #[error(
         "shard {shard_id} log_id {log_id} was already pushed with SHA-256 {existing}; this push has SHA-256 {pushed}"
     )]
@@ -114,7 +127,11 @@ impl Classified for EngineError {
             E::JobFailed(job) => job
                 .failure
                 .map_or(ErrorKind::Aborted, FailureKind::error_kind),
-            E::NotCancellable { .. } | E::NotOwned { .. } => ErrorKind::FailedPrecondition,
+            E::NotSubmitted { .. } => ErrorKind::NotFound,
+            E::NotCancellable { .. }
+            | E::NotOwned { .. }
+            | E::AlreadyArchived { .. }
+            | E::StillActive { .. } => ErrorKind::FailedPrecondition,
             E::Invalid(_) | E::BadJsonLine(_) | E::SizeMismatch { .. } | E::MissingDigest => {
                 ErrorKind::InvalidArgument
             }

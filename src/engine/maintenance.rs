@@ -35,20 +35,27 @@ impl Maintenance {
         let mut report = VerifyReport::default();
         for shard_id in shards {
             let jobs = self.db.archived_jobs(shard_id)?;
-            // Gaps among segments; side files are not a sequence.
-            let segments: Vec<&Job> = jobs
+            let resolved = self.db.resolutions(shard_id)?;
+            // Gaps among settled segments (archived or resolved); side files
+            // are not a sequence.
+            let mut settled: Vec<LogId> = jobs
                 .iter()
-                .filter(|j| j.log_id < SIDE_FILE_LOG_ID)
+                .map(|j| j.log_id)
+                .chain(resolved.iter().map(|r| r.log_id))
+                .filter(|log_id| *log_id < SIDE_FILE_LOG_ID)
                 .collect();
-            for pair in segments.windows(2) {
-                if pair[1].log_id > pair[0].log_id + 1 {
+            settled.sort_unstable();
+            settled.dedup();
+            for pair in settled.windows(2) {
+                if pair[1] > pair[0] + 1 {
                     report.gaps.push(LogIdGap {
                         shard_id,
-                        first_missing: pair[0].log_id + 1,
-                        last_missing: pair[1].log_id - 1,
+                        first_missing: pair[0] + 1,
+                        last_missing: pair[1] - 1,
                     });
                 }
             }
+            report.resolved.extend(resolved);
             for job in jobs.iter().filter(|job| job.expired_unix_ms.is_none()) {
                 match self.check_archive(job) {
                     Ok(bytes) => {

@@ -42,9 +42,10 @@ pub use reindex::ReindexReport;
 use crate::config::Config;
 use crate::error::IoError;
 use crate::queue::{Interrupt, Scheduler, WorkerPool};
-use crate::store::{ArchiveKey, ArchiveStore, DataDirLock, JobDb, Spool};
+use crate::store::{ArchiveKey, ArchiveStore, DataDirLock, JobDb, ResolveOutcome, Spool};
 use crate::types::{
-    Job, JobFilter, JobId, LogId, Ownership, SegmentRequest, ShardId, ShardStatus, VerifyReport,
+    Job, JobFilter, JobId, LogId, Ownership, Resolution, SegmentRequest, ShardId, ShardStatus,
+    VerifyReport,
 };
 use compress::Compressor;
 use events::Events;
@@ -236,6 +237,59 @@ impl Archiver {
     pub async fn shard(&self, shard_id: ShardId) -> Result<ShardStatus, EngineError> {
         self.check_owned(shard_id)?;
         self.parts.jobs.shard(shard_id).await
+    }
+
+    /// Every shard this server serves and knows, with what holds each one's watermark.
+    pub async fn shards(&self) -> Result<Vec<ShardStatus>, EngineError> {
+        let (db, ownership) = (self.parts.jobs.db.clone(), self.parts.ownership.clone());
+        blocking(move || {
+            let mut shards = Vec::new();
+            for shard_id in db.shard_ids()?.into_iter().filter(|s| ownership.owns(*s)) {
+                shards.extend(db.shard_status(shard_id)?);
+            }
+            Ok(shards)
+        })
+        .await
+    }
+
+    /// Gives up a segment that is lost or permanently bad, so its shard's
+    /// watermark may pass it: recorded with `by` and `reason`.
+    pub async fn resolve(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        reason: String,
+        by: String,
+    ) -> Result<Resolution, EngineError> {
+        self.check_owned(shard_id)?;
+        if reason.trim().is_empty() {
+            return Err(EngineError::Invalid(
+                "a resolution needs a reason: it is what the next operator reads".into(),
+            ));
+        }
+        let db = self.parts.jobs.db.clone();
+        let outcome = blocking(move || Ok(db.resolve(shard_id, log_id, &reason, &by)?)).await?;
+        match outcome {
+            ResolveOutcome::Resolved(resolution) => {
+                tracing::warn!(
+                    target: "audit",
+                    shard_id,
+                    log_id,
+                    by = %resolution.by,
+                    reason = %resolution.reason,
+                    "segment resolved: the watermark may pass it although it was never archived"
+                );
+                Ok(resolution)
+            }
+            ResolveOutcome::NotSubmitted => Err(EngineError::NotSubmitted { shard_id, log_id }),
+            ResolveOutcome::Archived => Err(EngineError::AlreadyArchived { shard_id, log_id }),
+            ResolveOutcome::Active(job_id, state) => Err(EngineError::StillActive {
+                shard_id,
+                log_id,
+                job_id,
+                state,
+            }),
+        }
     }
 
     /// Every state of a job from now on: its current state first, then each

@@ -51,6 +51,8 @@ pub enum Access {
     /// Read status across shards (ListJobs without a shard filter, Verify of all).
     ReadAll,
     Cancel,
+    /// Give up a segment (ResolveSegment).
+    Resolve,
 }
 
 impl Caller {
@@ -214,6 +216,14 @@ impl Tokens {
         Ok(request)
     }
 
+    /// The name of the request's token, for audit records ("" without authentication).
+    pub fn caller_name(extensions: &tonic::Extensions) -> String {
+        extensions
+            .get::<Caller>()
+            .map(|caller| caller.name.clone())
+            .unwrap_or_default()
+    }
+
     /// Asks again, against the tokens in force now, whether the caller may
     /// still do `access`: a long upload must not commit on a token revoked
     /// while it streamed.
@@ -279,6 +289,7 @@ fn describe(access: Access) -> String {
         Access::Read(shard) => format!("read shard {shard}"),
         Access::ReadAll => "read every shard".to_owned(),
         Access::Cancel => "cancel jobs".to_owned(),
+        Access::Resolve => "resolve segments".to_owned(),
     }
 }
 

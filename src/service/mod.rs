@@ -239,6 +239,45 @@ impl WalArchiver for WalArchiverService {
         Ok(Response::new(Box::pin(chunks)))
     }
 
+    async fn list_shards(
+        &self,
+        request: Request<proto::ListShardsRequest>,
+    ) -> Result<Response<proto::ListShardsReply>, Status> {
+        let shards = self.archiver()?.shards().await.map_err(status)?;
+        // A shard token sees its own shards; observers and admins all of them.
+        let everything = self
+            .tokens
+            .authorize(request.extensions(), Access::ReadAll)
+            .is_ok();
+        let shards = shards
+            .into_iter()
+            .filter(|shard| {
+                everything
+                    || self
+                        .tokens
+                        .authorize(request.extensions(), Access::Read(shard.shard_id))
+                        .is_ok()
+            })
+            .map(Into::into)
+            .collect();
+        Ok(Response::new(proto::ListShardsReply { shards }))
+    }
+
+    async fn resolve_segment(
+        &self,
+        request: Request<proto::ResolveSegmentRequest>,
+    ) -> Result<Response<proto::Resolution>, Status> {
+        self.authorize(request.extensions(), Access::Resolve)?;
+        let by = Tokens::caller_name(request.extensions());
+        let request = request.into_inner();
+        let resolution = self
+            .archiver()?
+            .resolve(request.shard_id, request.log_id, request.reason, by)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(resolution.into()))
+    }
+
     async fn verify(
         &self,
         request: Request<proto::VerifyRequest>,

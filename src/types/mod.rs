@@ -249,7 +249,28 @@ impl FailureKind {
     }
 }
 
+/// Whether pushing a failed segment again can succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// It may: the upload was cut, the disk was full, our copy was damaged.
+    Retryable,
+    /// It will not: the bytes or the request are wrong, or another segment's
+    /// archive holds the key. Fix the cause, or resolve the segment.
+    Permanent,
+}
+
 impl FailureKind {
+    pub fn class(self) -> FailureClass {
+        match self {
+            FailureKind::InvalidData | FailureKind::Conflict => FailureClass::Permanent,
+            FailureKind::Integrity
+            | FailureKind::NoSpace
+            | FailureKind::Internal
+            | FailureKind::Interrupted => FailureClass::Retryable,
+        }
+    }
+
     /// What a caller that waited for ARCHIVED is told about a job that failed this way.
     pub fn error_kind(self) -> ErrorKind {
         match self {
@@ -333,6 +354,8 @@ pub struct Job {
     pub reason: String,
     /// What kind of failure, for FAILED jobs.
     pub failure: Option<FailureKind>,
+    /// Whether a re-push can succeed, for FAILED jobs (from `failure`).
+    pub failure_class: Option<FailureClass>,
     /// Size and digest of the segment: declared by the client, verified on receipt.
     pub size: Option<u64>,
     pub sha256: Option<Digest>,
@@ -353,6 +376,31 @@ pub struct Job {
     pub updated_unix_ms: i64,
 }
 
+/// The segment that holds a shard's watermark back, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocker {
+    pub log_id: LogId,
+    /// Its latest job; `None` for a segment known only as missing (a gap
+    /// found when jobs were rebuilt from the archive store).
+    pub job_id: Option<JobId>,
+    pub state: Option<JobState>,
+    pub reason: String,
+    pub failure_class: Option<FailureClass>,
+    /// Its first push (or when the gap was found).
+    pub since_unix_ms: i64,
+}
+
+/// A segment an operator gave up, so its shard's watermark may pass it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub shard_id: ShardId,
+    pub log_id: LogId,
+    pub reason: String,
+    /// The token that resolved it (empty without authentication).
+    pub by: String,
+    pub unix_ms: i64,
+}
+
 /// Per-shard counters and the deletion watermark.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardStatus {
@@ -365,6 +413,12 @@ pub struct ShardStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub archived_watermark: Option<LogId>,
+    pub last_archived_unix_ms: Option<i64>,
+    /// What holds the watermark, if anything does.
+    pub held_by: Option<Blocker>,
+    pub resolved: u64,
+    /// Segments whose latest job FAILED, not archived or resolved since.
+    pub failed_segments: u64,
 }
 
 /// What `verify` found.
@@ -374,6 +428,8 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     pub problems: Vec<VerifyProblem>,
     pub gaps: Vec<LogIdGap>,
+    /// Segments given up by an operator: not archived, not counted as gaps.
+    pub resolved: Vec<Resolution>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

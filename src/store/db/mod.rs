@@ -14,6 +14,8 @@ mod rows;
 mod schema;
 mod shards;
 
+pub use shards::ResolveOutcome;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -124,8 +126,8 @@ impl JobDb {
     pub fn mark_pending(&self, shard_id: ShardId, log_id: LogId) -> Result<(), StoreError> {
         self.write(|conn| {
             conn.execute(
-                "INSERT INTO segments (shard_id, log_id, state) VALUES (?1, ?2, 0) ON CONFLICT DO NOTHING",
-                params![shard_id, log_id as i64],
+                "INSERT INTO segments (shard_id, log_id, state, since_ms) VALUES (?1, ?2, 0, ?3) ON CONFLICT DO NOTHING",
+                params![shard_id, log_id as i64, now_unix_ms()],
             )?;
             Ok(())
         })

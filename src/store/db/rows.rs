@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::store::StoreError;
-use crate::types::{Digest, Job, JobId, JsonStats, LogId, ShardId};
+use crate::types::{Digest, FailureKind, Job, JobId, JsonStats, LogId, ShardId};
 
 pub(super) const COLUMNS: &str = "id, shard_id, log_id, state, reason, size, sha256, kind, ack, zstd_level, archive_size, \
                        json_entries, json_first_ts, json_last_ts, created_ms, updated_ms, content_xxh3, failure, expired_ms, attempts";
@@ -46,7 +46,14 @@ pub(super) fn job_from_row(row: &Row) -> rusqlite::Result<Result<Job, StoreError
             log_id: row.get::<_, i64>(2).map_err(|e| e.to_string())? as LogId,
             state: state.parse()?,
             reason: row.get(4).map_err(|e| e.to_string())?,
-            failure: failure.as_deref().map(str::parse).transpose()?,
+            failure: failure
+                .as_deref()
+                .map(str::parse::<FailureKind>)
+                .transpose()?,
+            failure_class: failure
+                .as_deref()
+                .and_then(|f| f.parse::<FailureKind>().ok())
+                .map(FailureKind::class),
             size: row
                 .get::<_, Option<i64>>(5)
                 .map_err(|e| e.to_string())?

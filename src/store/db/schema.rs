@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use crate::store::StoreError;
 
 // `segments.state`: 0 — the segment holds the watermark back; 1 — an ARCHIVED
-// job holds it. The SQL below spells `crate::types::SIDE_FILE_LOG_ID` (2^62)
+// job holds it; 2 — an operator resolved it (given up; the watermark passes). The SQL below spells `crate::types::SIDE_FILE_LOG_ID` (2^62)
 // as 4611686018427387904; a unit test keeps the two equal.
 
 const BASE: &str = "
@@ -129,6 +129,37 @@ INSERT INTO segments (shard_id, log_id, state)
     WHERE log_id < 4611686018427387904 GROUP BY shard_id, log_id;
 UPDATE jobs SET archive_removed = 1 WHERE expired_ms IS NOT NULL;
 ",
+    // 2: segments an operator resolved; since when each segment has waited.
+    "
+CREATE TABLE resolutions (
+    shard_id INTEGER NOT NULL,
+    log_id   INTEGER NOT NULL,
+    reason   TEXT    NOT NULL,
+    by_name  TEXT    NOT NULL,
+    unix_ms  INTEGER NOT NULL,
+    PRIMARY KEY (shard_id, log_id)
+) WITHOUT ROWID;
+ALTER TABLE segments ADD COLUMN since_ms INTEGER;
+UPDATE segments SET since_ms = (
+    SELECT MIN(created_ms) FROM jobs j WHERE j.shard_id = segments.shard_id AND j.log_id = segments.log_id
+);
+DROP TRIGGER jobs_counted;
+CREATE TRIGGER jobs_counted AFTER INSERT ON jobs BEGIN
+    INSERT INTO shards (shard_id) VALUES (NEW.shard_id) ON CONFLICT DO NOTHING;
+    UPDATE shards SET
+        receiving   = receiving   + (NEW.state = 'RECEIVING'),
+        queued      = queued      + (NEW.state = 'QUEUED'),
+        compressing = compressing + (NEW.state = 'COMPRESSING'),
+        archived    = archived    + (NEW.state = 'ARCHIVED'),
+        failed      = failed      + (NEW.state = 'FAILED'),
+        cancelled   = cancelled   + (NEW.state = 'CANCELLED')
+    WHERE shard_id = NEW.shard_id;
+    INSERT INTO segments (shard_id, log_id, state, since_ms)
+        SELECT NEW.shard_id, NEW.log_id, NEW.state = 'ARCHIVED', NEW.created_ms
+        WHERE NEW.log_id < 4611686018427387904
+    ON CONFLICT (shard_id, log_id) DO UPDATE SET state = MAX(state, excluded.state);
+END;
+",
 ];
 
 /// Brings the database up to the current schema; `true` when it held no
@@ -161,6 +192,10 @@ mod tests {
     #[test]
     fn the_side_file_bound_in_sql_is_the_domain_one() {
         let literal = crate::types::SIDE_FILE_LOG_ID.to_string();
-        assert_eq!(super::MIGRATIONS[0].matches(&literal).count(), 2);
+        let uses: usize = super::MIGRATIONS
+            .iter()
+            .map(|m| m.matches(&literal).count())
+            .sum();
+        assert_eq!(uses, 3);
     }
 }

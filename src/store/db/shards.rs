@@ -7,9 +7,100 @@ use super::JobDb;
 use super::rows::{COLUMNS, job_from_row};
 use crate::store::StoreError;
 use crate::types::SIDE_FILE_LOG_ID;
-use crate::types::{Job, JobId, JobState, LogId, ShardId, ShardStatus, now_unix_ms};
+use crate::types::{
+    Blocker, Job, JobId, JobState, LogId, Resolution, ShardId, ShardStatus, now_unix_ms,
+};
+
+/// What resolving a segment found.
+#[derive(Debug)]
+pub enum ResolveOutcome {
+    Resolved(Resolution),
+    /// The shard never submitted that log_id (or it is a side file).
+    NotSubmitted,
+    /// It is archived: nothing to give up.
+    Archived,
+    /// A job is still working on it.
+    Active(JobId, JobState),
+}
 
 impl JobDb {
+    /// Lets the watermark pass a pending segment, recorded with who and why.
+    pub fn resolve(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        reason: &str,
+        by: &str,
+    ) -> Result<ResolveOutcome, StoreError> {
+        self.write(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let state: Option<i64> = tx
+                .query_row(
+                    "SELECT state FROM segments WHERE shard_id = ?1 AND log_id = ?2",
+                    params![shard_id, log_id as i64],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match state {
+                None => return Ok(ResolveOutcome::NotSubmitted),
+                Some(1) => return Ok(ResolveOutcome::Archived),
+                Some(2) => {
+                    let existing = resolution(&tx, shard_id, log_id)?;
+                    return Ok(existing.map_or(ResolveOutcome::NotSubmitted, ResolveOutcome::Resolved));
+                }
+                Some(_) => {}
+            }
+            let active: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT id, state FROM jobs WHERE shard_id = ?1 AND log_id = ?2
+                       AND state IN ('RECEIVING', 'QUEUED', 'COMPRESSING')",
+                    params![shard_id, log_id as i64],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            if let Some((id, state)) = active {
+                let state = state.parse().map_err(StoreError::Corrupt)?;
+                return Ok(ResolveOutcome::Active(JobId(id as u64), state));
+            }
+            let now = now_unix_ms();
+            tx.execute(
+                "INSERT INTO resolutions (shard_id, log_id, reason, by_name, unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![shard_id, log_id as i64, reason, by, now],
+            )?;
+            tx.execute(
+                "UPDATE segments SET state = 2 WHERE shard_id = ?1 AND log_id = ?2",
+                params![shard_id, log_id as i64],
+            )?;
+            tx.commit()?;
+            Ok(ResolveOutcome::Resolved(Resolution {
+                shard_id,
+                log_id,
+                reason: reason.to_owned(),
+                by: by.to_owned(),
+                unix_ms: now,
+            }))
+        })
+    }
+
+    /// The segments of a shard an operator resolved, by log_id.
+    pub fn resolutions(&self, shard_id: ShardId) -> Result<Vec<Resolution>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT log_id, reason, by_name, unix_ms FROM resolutions WHERE shard_id = ?1 ORDER BY log_id",
+            )?;
+            let rows = stmt.query_map(params![shard_id], |row| {
+                Ok(Resolution {
+                    shard_id,
+                    log_id: row.get::<_, i64>(0)? as LogId,
+                    reason: row.get(1)?,
+                    by: row.get(2)?,
+                    unix_ms: row.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     pub fn shard_ids(&self) -> Result<Vec<ShardId>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT shard_id FROM shards ORDER BY shard_id")?;
@@ -43,7 +134,8 @@ impl JobDb {
         self.read(|conn| {
             let counters = conn
                 .query_row(
-                    "SELECT receiving, queued, compressing, archived, failed, bytes_in, bytes_out
+                    "SELECT receiving, queued, compressing, archived, failed, bytes_in, bytes_out, last_archived_ms,
+                            (SELECT COUNT(*) FROM resolutions r WHERE r.shard_id = shards.shard_id)
                      FROM shards WHERE shard_id = ?1",
                     params![shard_id],
                     |row| {
@@ -56,7 +148,9 @@ impl JobDb {
                             failed: row.get::<_, i64>(4)? as u64,
                             bytes_in: row.get::<_, i64>(5)? as u64,
                             bytes_out: row.get::<_, i64>(6)? as u64,
-                            archived_watermark: None,
+                            last_archived_unix_ms: row.get(7)?,
+                            resolved: row.get::<_, i64>(8)? as u64,
+                            ..ShardStatus::default()
                         })
                     },
                 )
@@ -64,7 +158,17 @@ impl JobDb {
             let Some(mut status) = counters else {
                 return Ok(None);
             };
-            status.archived_watermark = watermark(conn, shard_id)?;
+            let pending = lowest_pending(conn, shard_id)?;
+            status.archived_watermark = watermark(conn, shard_id, pending)?;
+            status.held_by = pending.map(|log_id| blocker(conn, shard_id, log_id)).transpose()?;
+            status.failed_segments = conn.query_row(
+                "SELECT COUNT(*) FROM segments s INDEXED BY segments_pending
+                 WHERE s.shard_id = ?1 AND s.state = 0
+                   AND (SELECT state FROM jobs j INDEXED BY jobs_by_segment
+                        WHERE j.shard_id = s.shard_id AND j.log_id = s.log_id ORDER BY j.id DESC LIMIT 1) = 'FAILED'",
+                params![shard_id],
+                |row| row.get::<_, i64>(0),
+            )? as u64;
             Ok(Some(status))
         })
     }
@@ -144,23 +248,90 @@ impl JobDb {
     }
 }
 
-/// The highest log_id L such that every log_id ≤ L the shard ever submitted
-/// has an ARCHIVED job. A failed or cancelled segment holds the watermark
-/// back until it is pushed again and archived: its WAL must not be deleted.
-/// Two index lookups: the lowest pending segment, then the highest settled
-/// one below it. Side files (log_id ≥ 2^62) take no part.
-fn watermark(conn: &Connection, shard_id: ShardId) -> Result<Option<LogId>, StoreError> {
+/// The lowest log_id of the shard that holds its watermark back.
+fn lowest_pending(conn: &Connection, shard_id: ShardId) -> Result<Option<LogId>, StoreError> {
     // `state = 0` is a literal so SQLite can use the partial index of pending segments.
     let pending: Option<i64> = conn.query_row(
         "SELECT MIN(log_id) FROM segments INDEXED BY segments_pending WHERE shard_id = ?1 AND state = 0",
         params![shard_id],
         |row| row.get(0),
     )?;
-    let below = pending.unwrap_or(SIDE_FILE_LOG_ID as i64);
+    Ok(pending.map(|p| p as LogId))
+}
+
+/// What holds the watermark at `log_id`: its latest job, if it has one.
+fn blocker(conn: &Connection, shard_id: ShardId, log_id: LogId) -> Result<Blocker, StoreError> {
+    let since: Option<i64> = conn.query_row(
+        "SELECT since_ms FROM segments WHERE shard_id = ?1 AND log_id = ?2",
+        params![shard_id, log_id as i64],
+        |row| row.get(0),
+    )?;
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs INDEXED BY jobs_by_segment WHERE shard_id = ?1 AND log_id = ?2 ORDER BY id DESC LIMIT 1"
+    );
+    let job = conn
+        .query_row(&sql, params![shard_id, log_id as i64], job_from_row)
+        .optional()?
+        .transpose()?;
+    Ok(match job {
+        Some(job) => Blocker {
+            log_id,
+            job_id: Some(job.id),
+            state: Some(job.state),
+            reason: job.reason,
+            failure_class: job.failure_class,
+            since_unix_ms: since.unwrap_or(job.created_unix_ms),
+        },
+        None => Blocker {
+            log_id,
+            job_id: None,
+            state: None,
+            reason: "no archive for this log_id between archived ones (found when the jobs were rebuilt from \
+                     the archive store): push it again, or resolve it"
+                .into(),
+            failure_class: None,
+            since_unix_ms: since.unwrap_or(0),
+        },
+    })
+}
+
+/// The highest log_id L such that every log_id ≤ L the shard ever submitted
+/// has an ARCHIVED job (or was resolved). A failed or cancelled segment holds
+/// the watermark back until it is pushed again and archived: its WAL must not
+/// be deleted. Two index lookups: the lowest pending segment, then the
+/// highest settled one below it. Side files (log_id ≥ 2^62) take no part.
+fn watermark(
+    conn: &Connection,
+    shard_id: ShardId,
+    pending: Option<LogId>,
+) -> Result<Option<LogId>, StoreError> {
+    let below = pending.unwrap_or(SIDE_FILE_LOG_ID) as i64;
     let mark: Option<i64> = conn.query_row(
         "SELECT MAX(log_id) FROM segments WHERE shard_id = ?1 AND log_id < ?2",
         params![shard_id, below],
         |row| row.get(0),
     )?;
     Ok(mark.map(|m| m as LogId))
+}
+
+fn resolution(
+    conn: &Connection,
+    shard_id: ShardId,
+    log_id: LogId,
+) -> Result<Option<Resolution>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT reason, by_name, unix_ms FROM resolutions WHERE shard_id = ?1 AND log_id = ?2",
+            params![shard_id, log_id as i64],
+            |row| {
+                Ok(Resolution {
+                    shard_id,
+                    log_id,
+                    reason: row.get(0)?,
+                    by: row.get(1)?,
+                    unix_ms: row.get(2)?,
+                })
+            },
+        )
+        .optional()?)
 }
