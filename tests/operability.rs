@@ -174,3 +174,103 @@ async fn an_interrupted_upload_is_retryable() {
         Some(FailureClass::Retryable)
     );
 }
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// Metrics answer "which shard is behind": per-shard series, a failure gauge
+/// that falls once the failure is resolved, help text and the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_say_which_shard_is_behind() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start(&["--metrics-listen", &listen]);
+    let client = server.client().await.retry_policy(RetryPolicy::none());
+    let options = PushOptions {
+        kind: ContentKind::JsonLines,
+        ack: AckLevel::Archived,
+        ..PushOptions::default()
+    };
+    client
+        .push_reader(
+            1,
+            1,
+            None,
+            std::io::Cursor::new(json_segment(1, 10_000)),
+            &options,
+        )
+        .await
+        .unwrap();
+    let bad = std::io::Cursor::new(b"[1]\n".to_vec());
+    client
+        .push_reader(2, 1, None, bad, &options)
+        .await
+        .unwrap_err();
+
+    let metrics = eventually(LIMIT, || async {
+        let metrics = scrape(port);
+        (sample(&metrics, "wal_archiver_failed_segments{shard=\"2\"}") == Some(1.0))
+            .then_some(metrics)
+    })
+    .await;
+    assert!(
+        metrics.contains("# HELP wal_archiver_failed_segments"),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "wal_archiver_build_info{version=").is_some(),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "wal_archiver_last_archived_timestamp_seconds{shard=\"1\"}"
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert!(
+        sample(
+            &metrics,
+            "wal_archiver_oldest_unarchived_age_seconds{shard=\"2\"}"
+        )
+        .is_some()
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "wal_archiver_oldest_unarchived_age_seconds{shard=\"1\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "wal_archiver_archived_watermark{shard=\"1\"}"),
+        Some(1.0)
+    );
+
+    client.resolve(2, 1, "a test segment").await.unwrap();
+    eventually(LIMIT, || async {
+        (sample(&scrape(port), "wal_archiver_failed_segments{shard=\"2\"}") == Some(0.0))
+            .then_some(())
+    })
+    .await;
+    client.verify(None).await.unwrap();
+    let metrics = scrape(port);
+    assert!(sample(&metrics, "wal_archiver_last_verify_timestamp_seconds").unwrap() > 1.7e9);
+    assert_eq!(sample(&metrics, "wal_archiver_verify_problems"), Some(0.0));
+}

@@ -165,6 +165,7 @@ impl Tokens {
                 tracing::info!(tokens = count, path = %path.display(), "tokens reloaded");
             }
             Err(e) => {
+                metrics::counter!(crate::telemetry::TOKEN_RELOAD_FAILURES).increment(1);
                 tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay in force")
             }
         }

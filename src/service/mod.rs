@@ -286,6 +286,17 @@ impl WalArchiver for WalArchiverService {
         let access = shard.map_or(Access::ReadAll, Access::Read);
         self.authorize(request.extensions(), access)?;
         let report = self.archiver()?.verify(shard).await.map_err(status)?;
+        metrics::gauge!(crate::telemetry::LAST_VERIFY).set(crate::telemetry::unix_seconds());
+        let problems = report.problems.len() + report.gaps.len();
+        metrics::gauge!(crate::telemetry::VERIFY_PROBLEMS).set(problems as f64);
+        if problems > 0 {
+            tracing::warn!(
+                target: "integrity",
+                problems = report.problems.len(),
+                gaps = report.gaps.len(),
+                "verify found damaged, missing or unaccounted archives"
+            );
+        }
         Ok(Response::new(report.into()))
     }
 }
