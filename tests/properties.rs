@@ -10,28 +10,40 @@ use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
 use wal_archiver::archive::{
-    ArchiveHeader, ArchiveReader, ArchiveWriter, FORMAT_VERSION, JsonLinesChecker,
+    ArchiveHeader, ArchiveReader, ArchiveWriter, FORMAT_VERSION, FORMAT_WITH_DIGEST_UP_FRONT,
+    JsonLinesChecker,
 };
 use wal_archiver::proto;
-use wal_archiver::types::{ContentKind, Digest};
+use wal_archiver::types::{ContentKind, Digest, Received};
 
-fn archive_of(data: &[u8], level: i32) -> Vec<u8> {
+/// An archive of `data`; with `up_front`, size and digest are in the header
+/// too (as when the client declared them before its bytes).
+fn archive_of(data: &[u8], level: i32, up_front: bool) -> Vec<u8> {
+    let sha256 = Digest::of(data);
     let header = ArchiveHeader {
-        format_version: FORMAT_VERSION,
+        format_version: if up_front {
+            FORMAT_WITH_DIGEST_UP_FRONT
+        } else {
+            FORMAT_VERSION
+        },
         shard_id: 3,
         log_id: 9,
         content_kind: ContentKind::Raw,
-        original_size: data.len() as u64,
-        sha256: Digest::of(data).to_hex(),
+        original_size: up_front.then_some(data.len() as u64),
+        sha256: up_front.then(|| sha256.to_hex()),
         zstd_level: level,
         created_unix_ms: 1,
     };
-    let xxh3 = xxhash_rust::xxh3::xxh3_128(data);
-    let mut writer = ArchiveWriter::new(Vec::new(), header, xxh3, 0).unwrap();
+    let proof = Received {
+        size: data.len() as u64,
+        sha256,
+        content_xxh3: xxhash_rust::xxh3::xxh3_128(data),
+    };
+    let mut writer = ArchiveWriter::new(Vec::new(), header, 0).unwrap();
     for chunk in data.chunks(777) {
         writer.write_all(chunk).unwrap();
     }
-    writer.finish(None).unwrap().sink
+    writer.finish(&proof, None).unwrap().sink
 }
 
 /// Decodes everything; `Ok` only with size and SHA-256 verified.
@@ -46,8 +58,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn archive_roundtrips(data in proptest::collection::vec(any::<u8>(), 0..20_000), level in 1i32..6) {
-        prop_assert_eq!(decode(archive_of(&data, level)).unwrap(), data);
+    fn archive_roundtrips(
+        data in proptest::collection::vec(any::<u8>(), 0..20_000),
+        level in 1i32..6,
+        up_front in any::<bool>(),
+    ) {
+        prop_assert_eq!(decode(archive_of(&data, level, up_front)).unwrap(), data);
     }
 
     /// Any damage is either detected or harmless: the reader never panics and
@@ -57,8 +73,9 @@ proptest! {
         data in proptest::collection::vec(any::<u8>(), 1..5_000),
         flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
         cut in proptest::option::of(any::<prop::sample::Index>()),
+        up_front in any::<bool>(),
     ) {
-        let mut archive = archive_of(&data, 3);
+        let mut archive = archive_of(&data, 3, up_front);
         for (at, mask) in &flips {
             let i = at.index(archive.len());
             archive[i] ^= mask;

@@ -34,12 +34,12 @@ async fn postgres_segments_roundtrip_byte_exact() {
             "zstd -d must give the original bytes"
         );
         let metadata = read_metadata(std::fs::File::open(&archive).unwrap()).unwrap();
-        assert_eq!(metadata.header.shard_id, 7);
-        assert_eq!(metadata.header.log_id, log_id);
-        assert_eq!(metadata.header.original_size, original.len() as u64);
-        assert_eq!(metadata.header.sha256, Digest::of(&original).to_hex());
-        assert_eq!(metadata.header.content_kind, ContentKind::Raw);
-        assert_eq!(metadata.header.zstd_level, 3);
+        assert_eq!(metadata.shard_id, 7);
+        assert_eq!(metadata.log_id, log_id);
+        assert_eq!(metadata.original_size, original.len() as u64);
+        assert_eq!(metadata.sha256, Digest::of(&original).to_hex());
+        assert_eq!(metadata.content_kind, ContentKind::Raw);
+        assert_eq!(metadata.zstd_level, 3);
         assert_eq!(
             metadata.archive_size,
             std::fs::metadata(&archive).unwrap().len()
@@ -103,7 +103,7 @@ async fn json_lines_roundtrip_with_entry_stats() {
         let archive = server.archive_path(1, log_id);
         assert_eq!(zstd_decode(&archive), data);
         let metadata = read_metadata(std::fs::File::open(&archive).unwrap()).unwrap();
-        assert_eq!(metadata.header.content_kind, ContentKind::JsonLines);
+        assert_eq!(metadata.content_kind, ContentKind::JsonLines);
         assert_eq!(metadata.json, Some(stats));
 
         let mut restored = Cursor::new(Vec::new());

@@ -11,22 +11,31 @@ use serde::{Deserialize, Serialize};
 use super::ArchiveError;
 use crate::types::{ContentKind, Digest, JsonStats, LogId, ShardId};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version this build writes and reads. Version 2 allows a header
+/// without the segment's size and digest (a segment compressed while it still
+/// arrives); an archive whose header has both is still written as version 1.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of an archive whose header knows the segment's size and digest.
+pub const FORMAT_WITH_DIGEST_UP_FRONT: u32 = 1;
 pub(super) const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
 pub(super) const HEADER_TAG: &[u8; 4] = b"WALH";
 pub(super) const FOOTER_TAG: &[u8; 4] = b"WALF";
 /// Larger metadata than this is corruption, not a real header.
 const MAX_METADATA_SIZE: u32 = 64 << 10;
 
-/// Written before the data: everything known when compression starts.
+/// Written before the data: everything known when compression starts. The
+/// size and digest are absent when compression started before the segment
+/// had fully arrived (version 2); the footer always has them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveHeader {
     pub format_version: u32,
     pub shard_id: ShardId,
     pub log_id: LogId,
     pub content_kind: ContentKind,
-    pub original_size: u64,
-    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub zstd_level: i32,
     pub created_unix_ms: i64,
 }
@@ -47,17 +56,45 @@ pub struct ArchiveFooter {
 /// Header and footer together, as `inspect` shows them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveMetadata {
-    #[serde(flatten)]
-    pub header: ArchiveHeader,
+    pub format_version: u32,
+    pub shard_id: ShardId,
+    pub log_id: LogId,
+    pub content_kind: ContentKind,
+    pub original_size: u64,
+    pub sha256: String,
+    pub zstd_level: i32,
+    pub created_unix_ms: i64,
     pub compressed_size: u64,
     pub archive_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub json: Option<JsonStats>,
 }
 
+impl ArchiveMetadata {
+    pub fn new(header: &ArchiveHeader, footer: &ArchiveFooter, archive_size: u64) -> Self {
+        ArchiveMetadata {
+            format_version: header.format_version,
+            shard_id: header.shard_id,
+            log_id: header.log_id,
+            content_kind: header.content_kind,
+            original_size: footer.original_size,
+            sha256: footer.sha256.clone(),
+            zstd_level: header.zstd_level,
+            created_unix_ms: header.created_unix_ms,
+            compressed_size: footer.compressed_size,
+            archive_size,
+            json: footer.json,
+        }
+    }
+}
+
 impl ArchiveHeader {
-    pub fn digest(&self) -> Result<Digest, ArchiveError> {
-        self.sha256.parse().map_err(ArchiveError::CorruptMetadata)
+    /// The segment's digest if the header carries it.
+    pub fn digest(&self) -> Result<Option<Digest>, ArchiveError> {
+        self.sha256
+            .as_deref()
+            .map(|hex| hex.parse().map_err(ArchiveError::CorruptMetadata))
+            .transpose()
     }
 }
 
@@ -133,6 +170,13 @@ pub(super) fn decode_header(body: &[u8]) -> Result<ArchiveHeader, ArchiveError> 
     let header: ArchiveHeader = rmp_serde::from_slice(body)
         .map_err(|e| ArchiveError::CorruptMetadata(format!("header: {e}")))?;
     check_version(header.format_version)?;
+    if header.format_version == FORMAT_WITH_DIGEST_UP_FRONT
+        && (header.original_size.is_none() || header.sha256.is_none())
+    {
+        return Err(ArchiveError::CorruptMetadata(
+            "a version 1 header must hold the segment's size and SHA-256".into(),
+        ));
+    }
     Ok(header)
 }
 

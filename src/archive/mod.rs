@@ -10,7 +10,9 @@ mod jsonl;
 mod reader;
 mod writer;
 
-pub use format::{ArchiveFooter, ArchiveHeader, ArchiveMetadata, FORMAT_VERSION};
+pub use format::{
+    ArchiveFooter, ArchiveHeader, ArchiveMetadata, FORMAT_VERSION, FORMAT_WITH_DIGEST_UP_FRONT,
+};
 pub use jsonl::{JsonLinesChecker, JsonLinesError};
 pub use reader::{ArchiveReader, Expected, read_metadata};
 

@@ -5,6 +5,11 @@
 //! checks size, SHA-256 and footer, and returns an error instead of
 //! end-of-data when anything does not match, so a caller that forwards chunks
 //! can hold back the last one until the whole segment is proven.
+//!
+//! What the bytes must hash to comes from the job that recorded the segment
+//! (`expect`), else from the header; the footer must say the same. A
+//! version 2 header may lack size and digest (the segment was compressed
+//! while it arrived): then the footer is the reference.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
@@ -28,7 +33,9 @@ pub struct ArchiveReader<R: Read> {
     header: ArchiveHeader,
     header_len: u64,
     footer: Option<(ArchiveFooter, u64)>,
-    expected: Digest,
+    /// Size and digest the bytes must have, when known before the footer.
+    size: Option<u64>,
+    digest: Option<Digest>,
     decoder: Option<zstd::stream::read::Decoder<'static, Consumed<BufReader<R>>>>,
     hasher: Sha256,
     produced: u64,
@@ -56,14 +63,14 @@ pub fn read_metadata<R: Read + Seek>(mut input: R) -> Result<ArchiveMetadata, Ar
         ));
     }
     input.seek(SeekFrom::Start(archive_size - footer_len))?;
-    let footer = read_footer(&mut input)?;
-    check_footer(
-        &header,
-        &footer,
-        header_len + footer.compressed_size + footer_len,
-        archive_size,
-    )?;
-    Ok(metadata(header, &footer, archive_size))
+    let (footer, _) = read_footer(&mut input)?;
+    check_footer(&header, &footer)?;
+    if header_len + footer.compressed_size + footer_len != archive_size {
+        return Err(ArchiveError::CorruptData(
+            "footer does not match header and file size".into(),
+        ));
+    }
+    Ok(ArchiveMetadata::new(&header, &footer, archive_size))
 }
 
 impl<R: Read> ArchiveReader<R> {
@@ -72,17 +79,18 @@ impl<R: Read> ArchiveReader<R> {
         let mut input = BufReader::with_capacity(256 << 10, input);
         let (body, header_len) = format::read_frame(&mut input, format::HEADER_TAG, false)?;
         let header = format::decode_header(&body)?;
-        let expected = header.digest()?;
+        let digest = header.digest()?;
         let decoder = zstd::stream::read::Decoder::with_buffer(Consumed {
             inner: input,
             consumed: 0,
         })?
         .single_frame();
         Ok(ArchiveReader {
+            size: header.original_size,
+            digest,
             header,
             header_len,
             footer: None,
-            expected,
             decoder: Some(decoder),
             hasher: Sha256::new(),
             produced: 0,
@@ -93,23 +101,29 @@ impl<R: Read> ArchiveReader<R> {
     /// Refuses an archive that is not the one `expected` describes.
     pub fn expect(mut self, expected: &Expected) -> Result<Self, ArchiveError> {
         let header = &self.header;
-        let found = (header.shard_id, header.log_id, header.original_size);
-        let wanted = (expected.shard_id, expected.log_id, expected.size);
-        if found != wanted || header.digest()? != expected.sha256 {
+        let wrong = (header.shard_id, header.log_id) != (expected.shard_id, expected.log_id)
+            || header
+                .original_size
+                .is_some_and(|size| size != expected.size)
+            || header.digest()?.is_some_and(|sha| sha != expected.sha256);
+        if wrong {
+            let size = header
+                .original_size
+                .map_or_else(|| "?".into(), |s| s.to_string());
+            let sha = header.sha256.as_deref().unwrap_or("?");
             return Err(ArchiveError::WrongSegment(format!(
-                "the archive holds shard {} log_id {} ({} bytes, SHA-256 {}) but the job recorded shard {} \
+                "the archive holds shard {} log_id {} ({size} bytes, SHA-256 {sha}) but the job recorded shard {} \
                  log_id {} ({} bytes, SHA-256 {})",
-                found.0,
-                found.1,
-                found.2,
-                header.sha256,
-                wanted.0,
-                wanted.1,
-                wanted.2,
+                header.shard_id,
+                header.log_id,
+                expected.shard_id,
+                expected.log_id,
+                expected.size,
                 expected.sha256
             )));
         }
-        self.expected = expected.sha256;
+        self.size = Some(expected.size);
+        self.digest = Some(expected.sha256);
         Ok(self)
     }
 
@@ -117,10 +131,29 @@ impl<R: Read> ArchiveReader<R> {
         &self.header
     }
 
+    /// The segment's size and SHA-256 as the archive records them: from the
+    /// header when it carries them, else (an archive written while its
+    /// segment still arrived) from the footer, which takes reading it all.
+    pub fn identity(&mut self) -> Result<(u64, Digest), ArchiveError> {
+        if let (Some(size), Some(sha)) = (self.header.original_size, self.header.digest()?) {
+            return Ok((size, sha));
+        }
+        self.copy_to(&mut std::io::sink())?;
+        let (footer, _) = self
+            .footer
+            .as_ref()
+            .ok_or_else(|| ArchiveError::CorruptData("no footer".into()))?;
+        let sha = footer
+            .sha256
+            .parse()
+            .map_err(ArchiveError::CorruptMetadata)?;
+        Ok((footer.original_size, sha))
+    }
+
     /// Header and footer; the footer is only known once everything was read.
     pub fn metadata(&self) -> Option<ArchiveMetadata> {
         let (footer, archive_size) = self.footer.as_ref()?;
-        Some(metadata(self.header.clone(), footer, *archive_size))
+        Some(ArchiveMetadata::new(&self.header, footer, *archive_size))
     }
 
     /// Fills `buf` with original bytes; `Ok(0)` only after size, digest and
@@ -143,9 +176,11 @@ impl<R: Read> ArchiveReader<R> {
             filled += n;
         }
         self.produced += filled as u64;
-        if self.produced > self.header.original_size {
+        if let Some(size) = self.size
+            && self.produced > size
+        {
             return Err(ArchiveError::SizeMismatch {
-                expected: self.header.original_size,
+                expected: size,
                 actual: self.produced,
             });
         }
@@ -156,20 +191,9 @@ impl<R: Read> ArchiveReader<R> {
         Ok(filled)
     }
 
+    /// At the end of the data: the footer, then size and digest against it
+    /// and against what was expected.
     fn verify(&mut self) -> Result<(), ArchiveError> {
-        if self.produced != self.header.original_size {
-            return Err(ArchiveError::SizeMismatch {
-                expected: self.header.original_size,
-                actual: self.produced,
-            });
-        }
-        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
-        if actual != self.expected {
-            return Err(ArchiveError::DigestMismatch {
-                expected: self.expected.to_hex(),
-                actual: actual.to_hex(),
-            });
-        }
         let Some(decoder) = self.decoder.take() else {
             return Err(ArchiveError::CorruptData("read after a failure".into()));
         };
@@ -177,20 +201,38 @@ impl<R: Read> ArchiveReader<R> {
             inner: mut rest,
             consumed: compressed,
         } = decoder.finish();
-        let (footer, footer_len) = read_footer_with_len(&mut rest)?;
+        let (footer, footer_len) = read_footer(&mut rest)?;
         let mut trailing = [0u8; 1];
         if rest.read(&mut trailing)? != 0 {
             return Err(ArchiveError::CorruptData("bytes after the footer".into()));
         }
-        let archive_size = self.header_len + compressed + footer_len;
-        check_footer(&self.header, &footer, archive_size, archive_size)?;
+        check_footer(&self.header, &footer)?;
         if footer.compressed_size != compressed {
             return Err(ArchiveError::CorruptData(format!(
                 "footer says {} compressed bytes, the data frame has {compressed}",
                 footer.compressed_size
             )));
         }
-        self.footer = Some((footer, archive_size));
+        let size = self.size.unwrap_or(footer.original_size);
+        if self.produced != size || footer.original_size != size {
+            return Err(ArchiveError::SizeMismatch {
+                expected: size,
+                actual: self.produced,
+            });
+        }
+        let footer_digest: Digest = footer
+            .sha256
+            .parse()
+            .map_err(ArchiveError::CorruptMetadata)?;
+        let expected = self.digest.unwrap_or(footer_digest);
+        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
+        if actual != expected || footer_digest != expected {
+            return Err(ArchiveError::DigestMismatch {
+                expected: expected.to_hex(),
+                actual: actual.to_hex(),
+            });
+        }
+        self.footer = Some((footer, self.header_len + compressed + footer_len));
         self.verified = true;
         Ok(())
     }
@@ -208,11 +250,7 @@ impl<R: Read> ArchiveReader<R> {
     }
 }
 
-fn read_footer(input: &mut impl Read) -> Result<ArchiveFooter, ArchiveError> {
-    read_footer_with_len(input).map(|(footer, _)| footer)
-}
-
-fn read_footer_with_len(input: &mut impl Read) -> Result<(ArchiveFooter, u64), ArchiveError> {
+fn read_footer(input: &mut impl Read) -> Result<(ArchiveFooter, u64), ArchiveError> {
     let (body, len) = format::read_frame(input, format::FOOTER_TAG, true).map_err(|e| {
         ArchiveError::CorruptData(format!(
             "footer is missing or damaged (archive truncated?): {e}"
@@ -221,32 +259,23 @@ fn read_footer_with_len(input: &mut impl Read) -> Result<(ArchiveFooter, u64), A
     Ok((format::decode_footer(&body)?, len))
 }
 
-/// The footer must describe the same segment as the header and add up to
-/// the archive's size.
-fn check_footer(
-    header: &ArchiveHeader,
-    footer: &ArchiveFooter,
-    computed_size: u64,
-    archive_size: u64,
-) -> Result<(), ArchiveError> {
-    if computed_size != archive_size
-        || footer.sha256 != header.sha256
-        || footer.original_size != header.original_size
-    {
+/// The footer must describe the same segment as the header (where the header
+/// says anything).
+fn check_footer(header: &ArchiveHeader, footer: &ArchiveFooter) -> Result<(), ArchiveError> {
+    let agrees = header
+        .sha256
+        .as_ref()
+        .is_none_or(|sha| *sha == footer.sha256)
+        && header
+            .original_size
+            .is_none_or(|size| size == footer.original_size)
+        && footer.format_version == header.format_version;
+    if !agrees {
         return Err(ArchiveError::CorruptData(
-            "footer does not match header and file size".into(),
+            "footer does not match header".into(),
         ));
     }
     Ok(())
-}
-
-fn metadata(header: ArchiveHeader, footer: &ArchiveFooter, archive_size: u64) -> ArchiveMetadata {
-    ArchiveMetadata {
-        header,
-        compressed_size: footer.compressed_size,
-        archive_size,
-        json: footer.json,
-    }
 }
 
 /// Counts the bytes the zstd decoder takes from the buffer, which is the size

@@ -1,17 +1,19 @@
 //! Streaming encoder: bytes go through zstd to the sink as they arrive, so the
 //! memory a job needs is zstd's window and buffers, whatever the segment size.
-//! Before the footer is written, the bytes fed are checked against the size and
-//! the XXH3-128 recorded when the segment was received and its SHA-256 verified:
-//! the same guarantee as re-hashing SHA-256, at a sixth of the CPU. A mismatch
-//! returns an error and the caller discards the sink.
+//! Before the footer is written, the bytes fed are checked against the `Received` proof
+//! of what was received: its size and the XXH3-128 recorded when the segment
+//! arrived and its SHA-256 was verified — the same guarantee as re-hashing
+//! SHA-256, at a sixth of the CPU. A mismatch returns an error and the caller
+//! discards the sink. The proof may come only at the end: a segment can be
+//! compressed while it still arrives (its header then lacks size and digest).
 
 use std::io::{self, Write};
 
 use xxhash_rust::xxh3::Xxh3;
 
 use super::ArchiveError;
-use super::format::{self, ArchiveFooter, ArchiveHeader, FORMAT_VERSION};
-use crate::types::JsonStats;
+use super::format::{self, ArchiveFooter, ArchiveHeader};
+use crate::types::{JsonStats, Received};
 
 /// Bytes per zstd worker job when one segment is compressed on several threads.
 const MULTITHREAD_JOB_SIZE: u32 = 4 << 20;
@@ -21,7 +23,6 @@ pub struct ArchiveWriter<W: Write> {
     hasher: Xxh3,
     written: u64,
     header: ArchiveHeader,
-    expected: u128,
     header_len: u64,
 }
 
@@ -33,17 +34,14 @@ pub struct WrittenArchive<W> {
 }
 
 impl<W: Write> ArchiveWriter<W> {
-    /// Writes the header frame and starts a zstd frame. `content_xxh3` is the
-    /// XXH3-128 of the segment as received. `zstd_workers` above 1 lets zstd
-    /// compress this one segment on that many threads of its own.
+    /// Writes the header frame and starts a zstd frame. `zstd_workers` above
+    /// 1 lets zstd compress this one segment on that many threads of its own.
     pub fn new(
         mut sink: W,
         header: ArchiveHeader,
-        content_xxh3: u128,
         zstd_workers: u32,
     ) -> Result<Self, ArchiveError> {
         header.digest()?;
-        let expected = content_xxh3;
         let header_len = format::write_header(&mut sink, &header)?;
         let mut encoder = zstd::stream::write::Encoder::new(
             CountingWriter {
@@ -53,7 +51,7 @@ impl<W: Write> ArchiveWriter<W> {
             header.zstd_level,
         )?;
         encoder.include_checksum(true)?;
-        encoder.set_pledged_src_size(Some(header.original_size))?;
+        encoder.set_pledged_src_size(header.original_size)?;
         if zstd_workers > 1 {
             encoder.multithread(zstd_workers)?;
             // By default zstd makes each job four windows long (8 MiB at level
@@ -66,16 +64,17 @@ impl<W: Write> ArchiveWriter<W> {
             hasher: Xxh3::new(),
             written: 0,
             header,
-            expected,
             header_len,
         })
     }
 
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
         self.written += data.len() as u64;
-        if self.written > self.header.original_size {
+        if let Some(size) = self.header.original_size
+            && self.written > size
+        {
             return Err(ArchiveError::SizeMismatch {
-                expected: self.header.original_size,
+                expected: size,
                 actual: self.written,
             });
         }
@@ -84,28 +83,43 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    /// Checks size and checksum, ends the zstd frame and writes the footer. The
-    /// sink is returned unflushed to durable storage: syncing is the caller's.
-    pub fn finish(self, json: Option<JsonStats>) -> Result<WrittenArchive<W>, ArchiveError> {
-        if self.written != self.header.original_size {
+    /// Checks what was written against `proof` (and the header, if it has a
+    /// size and digest), ends the zstd frame and writes the footer. The sink
+    /// is returned unflushed to durable storage: syncing is the caller's.
+    pub fn finish(
+        self,
+        proof: &Received,
+        json: Option<JsonStats>,
+    ) -> Result<WrittenArchive<W>, ArchiveError> {
+        if self.written != proof.size {
             return Err(ArchiveError::SizeMismatch {
-                expected: self.header.original_size,
+                expected: proof.size,
                 actual: self.written,
             });
         }
         let actual = self.hasher.digest128();
-        if actual != self.expected {
+        if actual != proof.content_xxh3 {
             return Err(ArchiveError::ContentMismatch {
-                expected: format!("{:032x}", self.expected),
+                expected: format!("{:032x}", proof.content_xxh3),
                 actual: format!("{actual:032x}"),
             });
         }
+        let header_agrees = self
+            .header
+            .original_size
+            .is_none_or(|size| size == proof.size)
+            && self.header.digest()?.is_none_or(|sha| sha == proof.sha256);
+        if !header_agrees {
+            return Err(ArchiveError::CorruptMetadata(
+                "the header's size or digest is not the segment's".into(),
+            ));
+        }
         let CountingWriter { mut inner, count } = self.encoder.finish()?;
         let footer = ArchiveFooter {
-            format_version: FORMAT_VERSION,
+            format_version: self.header.format_version,
             original_size: self.written,
             compressed_size: count,
-            sha256: self.header.sha256.clone(),
+            sha256: proof.sha256.to_hex(),
             json,
         };
         let footer_len = format::write_footer(&mut inner, &footer)?;

@@ -24,7 +24,7 @@ pub fn inspect(path: &Path, verify: bool, json: bool) -> anyhow::Result<ExitCode
     if json {
         println!("{}", serde_json::to_string_pretty(&metadata)?);
     } else {
-        let h = &metadata.header;
+        let h = &metadata;
         println!("format version   {}", h.format_version);
         println!("shard / log_id   {} / {}", h.shard_id, h.log_id);
         println!("content kind     {}", h.content_kind.as_str());

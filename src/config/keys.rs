@@ -94,6 +94,8 @@ config_keys! {
     small_job_size: u64 = 16 << 20;
     /// A segment at least this big that is the only work is compressed on zstd's own threads, in bytes; 0 turns this off.
     multithread_min_size: u64 = 32 << 20;
+    /// An upload that finds a worker idle and no job waiting is compressed while it arrives, not after; false always spools first.
+    compress_while_receiving: bool = true;
     /// CPU priority (nice, 0-19) of the compression threads, so receiving and acknowledging goes first.
     worker_nice: i32 = 10;
     /// Log format: text or json; filter with RUST_LOG (default info).

@@ -14,12 +14,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::disk::{DiskBudget, Reservation};
+use super::encode::Target;
 use super::events::Events;
+use super::pipeline::{Feed, Streams};
 use super::restore::open_job_archive;
 use super::{EngineError, blocking};
 use crate::config::Config;
 use crate::queue::Scheduler;
-use crate::store::{ArchiveStore, InsertOutcome, JobDb, Spool};
+use crate::store::{ArchiveKey, ArchiveStore, InsertOutcome, JobDb, Spool};
 use crate::types::{Digest, FailureKind, Job, JobId, JobState, SegmentRequest, ShardId};
 
 /// What an upload holds while it runs: its slot among `max_concurrent_uploads`,
@@ -43,6 +45,7 @@ pub(super) struct Intake {
     pub draining: Arc<AtomicBool>,
     pub disk: Arc<DiskBudget>,
     pub store: Arc<dyn ArchiveStore>,
+    pub streams: Arc<Streams>,
 }
 
 /// A push the engine took: the job and whether it already existed.
@@ -166,14 +169,17 @@ pub(super) async fn begin(
         match record(&intake, &request, level).await? {
             Recorded::New(job, file, cancel) => {
                 intake.events.emit(&job);
-                return Ok(Begin::Stream(Box::new(Upload::new(
+                let feed = offer_early(&intake, &job, &request);
+                let mut upload = Upload::new(
                     intake.clone(),
                     request,
                     Mode::Spool { job, place },
                     Sink::new(Some(file)),
                     cancel,
                     (permit, Some(reservation)),
-                ))));
+                );
+                upload.feed = feed;
+                return Ok(Begin::Stream(Box::new(upload)));
             }
             Recorded::Existing(existing)
                 if needs_repair(&intake, &existing, request.sha256).await =>
@@ -211,6 +217,33 @@ pub(super) async fn begin(
             }
             Recorded::StaleCleared => continue,
         }
+    }
+}
+
+/// Offers a new job to a worker at once, to be compressed while it arrives;
+/// the feed that connects the two when a worker took it.
+fn offer_early(intake: &Intake, job: &Job, request: &SegmentRequest) -> Option<Arc<Feed>> {
+    if !intake.config.compress_while_receiving {
+        return None;
+    }
+    let target = Target {
+        key: ArchiveKey {
+            shard_id: job.shard_id,
+            log_id: job.log_id,
+        },
+        kind: job.kind,
+        zstd_level: job.zstd_level,
+        declared: request.size.zip(request.sha256),
+    };
+    let feed = intake.streams.open(job.id, target);
+    let small = request
+        .size
+        .is_some_and(|size| intake.config.is_small(size));
+    if intake.scheduler.offer_now(job.shard_id, job.id, small) {
+        Some(feed)
+    } else {
+        intake.streams.take(job.id);
+        None
     }
 }
 

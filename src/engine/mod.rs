@@ -7,23 +7,29 @@
 //!   queue; its bytes are spooled and hashed; once size and SHA-256 match, the
 //!   spool is made durable, the job committed QUEUED and queued;
 //! - `compress`: a worker of the `queue` pool streams the spool through the
-//!   JSON-lines check and the zstd encoder into the archive store, and
-//!   commits ARCHIVED;
+//!   JSON-lines check and the zstd encoder into the archive store (`encode`),
+//!   and commits ARCHIVED; `early` and `pipeline`: when a worker is idle, it
+//!   starts on an upload's spool while the upload still writes it;
+//!   `watchdog`: jobs that stopped making progress;
 //! - `jobs`: reading, watching and cancelling jobs; `restore`: the original
 //!   bytes back, verified; `maintenance`: verify and retention; `recovery`:
 //!   what a start does with what the last run left; `gauges`: metrics.
 
 mod compress;
 mod disk;
+mod early;
+mod encode;
 mod error;
 mod events;
 mod gauges;
 mod ingest;
 mod jobs;
 mod maintenance;
+mod pipeline;
 mod recovery;
 mod reindex;
 mod restore;
+mod watchdog;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +108,7 @@ impl Archiver {
         let events = Events::new();
         let draining = Arc::new(AtomicBool::new(false));
         let receiving = Arc::new(Receiving::default());
+        let streams = Arc::new(pipeline::Streams::default());
 
         let report = recovery::recover(&config, &db, &spool, store.as_ref(), &scheduler)?;
         let compressor = Arc::new(Compressor {
@@ -111,6 +118,7 @@ impl Archiver {
             spool: spool.clone(),
             store: store.clone(),
             events: events.clone(),
+            streams: streams.clone(),
         });
         let pool = WorkerPool::start(
             config.workers(),
@@ -120,7 +128,7 @@ impl Archiver {
             Arc::new(move |task| compressor.run(task)),
         )
         .map_err(IoError::with("starting archive workers"))?;
-        compress::spawn_watchdog(
+        watchdog::spawn(
             scheduler.clone(),
             db.clone(),
             events.clone(),
@@ -144,6 +152,7 @@ impl Archiver {
                     config.min_free_bytes,
                 )),
                 store: store.clone(),
+                streams,
             }),
             jobs: Jobs {
                 idle: Duration::from_secs(config.receive_idle_timeout),

@@ -98,19 +98,20 @@ fn identify(store: &dyn ArchiveStore, key: ArchiveKey) -> Result<FoundArchive, S
         .open(key)
         .map_err(|e| e.to_string())?
         .ok_or("vanished while listed")?;
-    let reader = ArchiveReader::open(input).map_err(|e| e.to_string())?;
-    let header = reader.header();
+    let mut reader = ArchiveReader::open(input).map_err(|e| e.to_string())?;
+    let header = reader.header().clone();
     if (header.shard_id, header.log_id) != (key.shard_id, key.log_id) {
         return Err(format!(
             "holds shard {} log_id {}, not the segment its name says",
             header.shard_id, header.log_id
         ));
     }
+    let (original_size, sha256) = reader.identity().map_err(|e| e.to_string())?;
     Ok(FoundArchive {
         shard_id: key.shard_id,
         log_id: key.log_id,
-        size: header.original_size,
-        sha256: header.digest().map_err(|e| e.to_string())?,
+        size: original_size,
+        sha256,
         kind: header.content_kind,
         zstd_level: header.zstd_level,
         archive_size: size,

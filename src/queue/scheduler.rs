@@ -102,6 +102,8 @@ pub struct Task {
     pub shard_id: ShardId,
     /// Enqueued as small: it goes back to the small lane when put off.
     pub small: bool,
+    /// Started while its segment still arrives (`offer_now`).
+    pub early: bool,
     pub stop: Arc<StopFlag>,
     /// The job is the only work: it may use zstd's own threads.
     pub alone: bool,
@@ -113,6 +115,10 @@ struct State {
     ring: VecDeque<ShardId>,
     /// Put-off jobs and when they may run again.
     delayed: Vec<(Instant, ShardId, Queued)>,
+    /// Jobs offered to start at once, while their segment arrives.
+    now: VecDeque<(ShardId, Queued)>,
+    /// Any-lane workers waiting for work.
+    idle: usize,
     reserved: HashMap<ShardId, usize>,
     running: HashMap<JobId, Arc<StopFlag>>,
     queued: usize,
@@ -185,6 +191,21 @@ impl Scheduler {
         self.wake.notify_all();
     }
 
+    /// Starts a job at once, before its segment has fully arrived, if an
+    /// any-lane worker is idle and nothing is waiting: a head start that
+    /// never delays a queued job. `false` when it was not taken.
+    pub fn offer_now(&self, shard: ShardId, job: JobId, small: bool) -> bool {
+        let mut state = self.lock();
+        let nothing_waits = state.queued == 0 && state.now.len() < state.idle;
+        if state.closed || !nothing_waits {
+            return false;
+        }
+        state.now.push_back((shard, Queued { job, small }));
+        drop(state);
+        self.wake.notify_all();
+        true
+    }
+
     /// Blocks until a job this lane may take is ready; `None` once the
     /// scheduler is closed.
     pub fn next(&self, lane: Lane) -> Option<Task> {
@@ -194,8 +215,19 @@ impl Scheduler {
                 return None;
             }
             let wait = promote_due(&mut state);
-            if let Some((shard, queued)) = take_locked(&mut state, lane) {
-                release_locked(&mut state, shard);
+            let early = match lane {
+                Lane::Any => state.now.pop_front(),
+                Lane::Small => None,
+            };
+            let taken = match early {
+                // Its queue place stays with the upload, which frees it.
+                Some(offered) => Some((offered, true)),
+                None => take_locked(&mut state, lane).map(|(shard, queued)| {
+                    release_locked(&mut state, shard);
+                    ((shard, queued), false)
+                }),
+            };
+            if let Some(((shard, queued), early)) = taken {
                 let alone = state.queued == 0 && state.running.is_empty();
                 let stop = Arc::new(StopFlag::default());
                 state.running.insert(queued.job, stop.clone());
@@ -203,9 +235,13 @@ impl Scheduler {
                     job_id: queued.job,
                     shard_id: shard,
                     small: queued.small,
+                    early,
                     stop,
                     alone,
                 });
+            }
+            if lane == Lane::Any {
+                state.idle += 1;
             }
             state = match wait {
                 Some(timeout) => {
@@ -219,7 +255,15 @@ impl Scheduler {
                     .wait(state)
                     .unwrap_or_else(|poisoned| poisoned.into_inner()),
             };
+            if lane == Lane::Any {
+                state.idle -= 1;
+            }
         }
+    }
+
+    /// Whether jobs wait on their queues for a worker.
+    pub fn has_waiting(&self) -> bool {
+        self.lock().queued > 0
     }
 
     /// Jobs waiting for their retry time.
@@ -394,6 +438,31 @@ mod tests {
         assert!(sched.remove_queued(1, JobId(5)));
         assert!(!sched.remove_queued(1, JobId(5)));
         assert!(sched.reserve(1));
+    }
+
+    #[test]
+    fn a_job_starts_at_once_only_while_a_worker_is_idle_and_nothing_waits() {
+        let sched = Arc::new(Scheduler::new(10));
+        assert!(!sched.offer_now(1, JobId(1), false), "no worker waits yet");
+        let worker = {
+            let sched = sched.clone();
+            std::thread::spawn(move || sched.next(Lane::Any).map(|t| (t.job_id, t.early)))
+        };
+        while sched.lock().idle == 0 {
+            std::thread::yield_now();
+        }
+        assert!(sched.offer_now(1, JobId(2), false));
+        assert!(
+            !sched.offer_now(1, JobId(3), false),
+            "one idle worker, one offer"
+        );
+        assert_eq!(worker.join().unwrap(), Some((JobId(2), true)));
+        assert!(sched.reserve(2));
+        sched.enqueue(2, JobId(4), true);
+        assert!(
+            !sched.offer_now(1, JobId(5), false),
+            "a queued job waits: no head start"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod spool;
 
 use std::io::{Read, Write};
 
-pub use db::{FoundArchive, InsertOutcome, JobDb, Received, ResolveOutcome};
+pub use db::{FoundArchive, InsertOutcome, JobDb, ResolveOutcome};
 pub use local::{ARCHIVE_SUFFIX, LocalStore};
 pub use lock::DataDirLock;
 pub use s3::{S3Credentials, S3Options, S3Store, UPLOADS_DIR};

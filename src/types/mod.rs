@@ -12,6 +12,16 @@ mod ownership;
 
 pub use ownership::Ownership;
 
+/// What receiving a segment proved about it: its size, SHA-256 (verified
+/// against the client's) and XXH3-128, so that whatever reads the spool
+/// later can check it holds exactly those bytes, cheaply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub size: u64,
+    pub sha256: Digest,
+    pub content_xxh3: u128,
+}
+
 pub type ShardId = u32;
 pub type LogId = u64;
 

@@ -2,6 +2,30 @@
 //! port with its own data dir, real gRPC clients, the real PostgreSQL corpus.
 #![allow(dead_code)]
 
+/// Runs each named `async fn(Backend)` as two tests, `local::NAME` and
+/// `s3::NAME`, so both archive stores keep one behaviour.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Local).await
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::S3).await
+                }
+            )*
+        }
+    };
+}
+
 pub mod disk;
 pub mod garage;
 pub mod storage;

@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{Accepted, Holds, Intake, QueuePlace, known_or_conflict, too_large};
+use crate::engine::pipeline::{Feed, Handoff};
 use crate::engine::{EngineError, blocking};
 use crate::error::IoError;
-use crate::store::Received;
 use crate::telemetry;
-use crate::types::{AckLevel, Digest, FailureKind, Job, JobId, JobState, SegmentRequest, Trailer};
+use crate::types::{
+    AckLevel, Digest, FailureKind, Job, JobId, JobState, Received, SegmentRequest, Trailer,
+};
 
 /// Received bytes gathered before they are hashed and spooled in one step.
 const COALESCE: usize = 256 << 10;
@@ -33,6 +35,8 @@ pub struct Upload {
     finished: bool,
     cancel: CancellationToken,
     holds: Holds,
+    /// A worker compressing the spool as it grows (see `pipeline`).
+    pub(super) feed: Option<Arc<Feed>>,
 }
 
 pub(super) enum Mode {
@@ -95,6 +99,7 @@ impl Upload {
             finished: false,
             cancel,
             holds,
+            feed: None,
         }
     }
 
@@ -146,6 +151,9 @@ impl Upload {
         match joined {
             Ok((sink, Ok(()))) => {
                 self.sink = Some(sink);
+                if let Some(feed) = &self.feed {
+                    feed.wrote(self.received);
+                }
                 Ok(())
             }
             Ok((sink, Err(e))) => {
@@ -217,7 +225,7 @@ impl Upload {
                     content_xxh3: sink.checksum.digest128(),
                 };
                 match self.commit(id, sink.file, received, repair).await {
-                    Ok(Some(job)) => Ok(self.queue(job)),
+                    Ok(Some(job)) => Ok(self.queue(job, received)),
                     // Cancelled between the last chunk and the commit (or,
                     // for a repair, the job changed meanwhile).
                     Ok(None) => Err(self.fail(EngineError::Cancelled(id)).await),
@@ -279,15 +287,22 @@ impl Upload {
         .await
     }
 
-    /// The job is QUEUED: it takes its place on the queue.
-    fn queue(mut self, job: Job) -> Accepted {
+    /// The job is QUEUED: it takes its place on the queue, unless the
+    /// worker compressing it as it arrived carries on.
+    fn queue(mut self, job: Job, received: Received) -> Accepted {
         metrics::counter!(telemetry::RECEIVED_BYTES).increment(self.received);
         self.finished = true;
         self.intake.receiving.forget(job.id);
+        let handoff = self.feed.take().map(|feed| feed.complete(received));
         if let Mode::Spool { place, .. } | Mode::Repair { place, .. } =
             std::mem::replace(&mut self.mode, Mode::Done)
         {
-            place.enqueue(job.id, self.intake.config.is_small(self.received));
+            match handoff {
+                Some(Handoff::Pipelined) => drop(place),
+                Some(Handoff::Enqueue) | None => {
+                    place.enqueue(job.id, self.intake.config.is_small(self.received))
+                }
+            }
         }
         self.intake.events.emit(&job);
         Accepted {
@@ -332,6 +347,7 @@ impl Upload {
                     id: job.id,
                     place,
                     job_is_new: true,
+                    feed: self.feed.take(),
                 })
             }
             // The job stays ARCHIVED: only the spool of the failed repair goes.
@@ -340,6 +356,7 @@ impl Upload {
                 id: job.id,
                 place,
                 job_is_new: false,
+                feed: None,
             }),
             other => {
                 self.mode = other;
@@ -357,6 +374,8 @@ struct Abandoned {
     /// The job was created by this upload (else it is an archived job whose
     /// repair failed, and it stays as it is).
     job_is_new: bool,
+    /// The worker compressing the upload as it arrived, if one is.
+    feed: Option<Arc<Feed>>,
 }
 
 impl Abandoned {
@@ -367,8 +386,12 @@ impl Abandoned {
             id,
             place,
             job_is_new,
+            feed,
         } = self;
         drop(place);
+        if let Some(feed) = feed {
+            feed.abandon();
+        }
         // The spool goes first: when the disk is full, its space is what lets
         // the jobs database record the failure.
         let removed = intake.spool.remove(id);

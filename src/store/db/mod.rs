@@ -24,8 +24,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::StoreError;
 use crate::types::{
-    Digest, FailureKind, Job, JobFilter, JobId, JobState, JsonStats, LogId, SegmentRequest,
-    ShardId, now_unix_ms,
+    Digest, FailureKind, Job, JobFilter, JobId, JobState, JsonStats, LogId, Received,
+    SegmentRequest, ShardId, now_unix_ms,
 };
 use rows::{COLUMNS, active_job, get, job_from_row};
 
@@ -62,14 +62,6 @@ pub struct FoundArchive {
     pub kind: crate::types::ContentKind,
     pub zstd_level: i32,
     pub archive_size: u64,
-}
-
-/// What receiving a segment proved about it.
-#[derive(Clone, Copy, Debug)]
-pub struct Received {
-    pub size: u64,
-    pub sha256: Digest,
-    pub content_xxh3: u128,
 }
 
 impl JobDb {

@@ -64,7 +64,10 @@ impl S3Pending {
 
     pub(super) fn start_upload(&self) -> Result<Upload, StoreError> {
         let options = PutMultipartOptions {
-            attributes: self.known.as_ref().map(attributes).unwrap_or_default(),
+            attributes: match &self.known {
+                Some(meta) => attributes(meta),
+                None => key_attributes(self.key),
+            },
             ..PutMultipartOptions::default()
         };
         let id = self.client.call(
@@ -304,13 +307,25 @@ impl Drop for S3Pending {
 }
 
 pub(super) fn attributes(meta: &ArchiveMeta) -> Attributes {
+    let mut attributes = key_attributes(meta.key);
+    for (name, value) in [
+        (META_SIZE, meta.size.to_string()),
+        (META_SHA256, meta.sha256.to_hex()),
+    ] {
+        attributes.insert(Attribute::Metadata(name.into()), value.into());
+    }
+    attributes
+}
+
+/// What a multipart upload started before its segment was complete can say
+/// about it: whose it is, not yet its size and digest (`stat` then reads them
+/// from the archive).
+fn key_attributes(key: ArchiveKey) -> Attributes {
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::ContentType, CONTENT_TYPE.into());
     for (name, value) in [
-        (META_SHARD_ID, meta.key.shard_id.to_string()),
-        (META_LOG_ID, meta.key.log_id.to_string()),
-        (META_SIZE, meta.size.to_string()),
-        (META_SHA256, meta.sha256.to_hex()),
+        (META_SHARD_ID, key.shard_id.to_string()),
+        (META_LOG_ID, key.log_id.to_string()),
     ] {
         attributes.insert(Attribute::Metadata(name.into()), value.into());
     }
