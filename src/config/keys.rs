@@ -116,6 +116,8 @@ config_keys! {
     retention_interval: u64 = 3600;
     /// Prometheus metrics over HTTP on this address (/metrics); unset means off.
     metrics_listen: Option<SocketAddr> = None;
+    /// Plaintext gRPC serving only grpc.health.v1 on this address (for kubelet probes when the main port uses TLS); unset means off.
+    health_listen: Option<SocketAddr> = None;
     /// Milliseconds a unary call may take before DEADLINE_EXCEEDED; streams are not cut.
     unary_timeout_ms: u64 = 30_000;
     /// Requests handled at once over all connections; more get RESOURCE_EXHAUSTED.
