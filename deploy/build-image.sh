@@ -82,6 +82,7 @@ build_base() {
         - "$base_tag" >/dev/null
     rm -rf "$dir"
     trap - EXIT
+    rebuild_base=false # once per run: --garage reuses it
 }
 
 build_local() {

@@ -70,6 +70,8 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Ask the server's grpc.health.v1 service whether it serves: exit 0 when SERVING, 1 otherwise (a probe).
+    Health(HealthArgs),
     /// Fetch a segment's original bytes, verified against its SHA-256.
     Restore {
         #[arg(long)]
@@ -232,6 +234,16 @@ pub struct ArchiveGetArgs {
     /// Seconds to wait for a file that was pushed but is not archived yet.
     #[arg(long, default_value_t = 120)]
     pub wait_timeout: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `HEALTHCHECK CMD wal-archiver health` (deploy/Dockerfile), or a Kubernetes exec probe.
+#[derive(Args)]
+pub struct HealthArgs {
+    /// Seconds to wait for the answer, connecting included: a probe never hangs.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -4,6 +4,7 @@
 //! formats what they print.
 
 mod args;
+mod health;
 mod local;
 mod output;
 mod postgres;
@@ -19,7 +20,12 @@ use wal_archiver::client::ClientError;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_) | Command::Reindex(_)) {
+    // Not for `health` either: a probe must exit 0 or 1, never die of SIGPIPE
+    // (a plaintext probe of a TLS port has its connection closed under it).
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Reindex(_) | Command::Health(_)
+    ) {
         // A client command piped into `head` should end quietly, as CLI tools do.
         // SAFETY: setting a signal disposition before any thread is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -67,6 +73,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             reason,
             client,
         } => remote::resolve(shard, log_id, &reason, &client).await,
+        Command::Health(args) => health::health(args).await,
         Command::Restore {
             shard,
             log_id,

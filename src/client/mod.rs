@@ -139,6 +139,29 @@ pub struct Connection {
     pub token: Option<String>,
 }
 
+impl Connection {
+    /// A connected channel (TLS when asked for), for services other than ours,
+    /// such as grpc.health.v1; it carries no token.
+    pub async fn channel(&self) -> Result<Channel, ClientError> {
+        let url = &self.url;
+        let connect_error = |source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(connect_error)?
+            .connect_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        if url.starts_with("https://") || self.ca.is_some() || self.cert.is_some() {
+            endpoint = endpoint
+                .tls_config(tls_config(self)?)
+                .map_err(connect_error)?;
+        }
+        endpoint.connect().await.map_err(connect_error)
+    }
+}
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
@@ -173,22 +196,7 @@ impl Client {
     }
 
     pub async fn connect_with(connection: &Connection) -> Result<Client, ClientError> {
-        let url = &connection.url;
-        let connect_error = |source| ClientError::Connect {
-            url: url.clone(),
-            source,
-        };
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(connect_error)?
-            .connect_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(16 << 20));
-        if url.starts_with("https://") || connection.ca.is_some() || connection.cert.is_some() {
-            endpoint = endpoint
-                .tls_config(tls_config(connection)?)
-                .map_err(connect_error)?;
-        }
-        let channel = endpoint.connect().await.map_err(connect_error)?;
+        let channel = connection.channel().await?;
         let token = match &connection.token {
             Some(token) => Some(format!("Bearer {}", token.trim()).parse().map_err(|_| {
                 ClientError::Invalid("the token has characters a header cannot carry".into())

@@ -120,6 +120,8 @@ config_keys! {
     metrics_listen: Option<SocketAddr> = None;
     /// Per-shard metric series (watermark, queue depth, failed segments, oldest unarchived age, last archive time): about five series per shard; false keeps only the totals, for fleets of many thousands of shards.
     metrics_shard_labels: bool = true, switch = "true";
+    /// Plaintext gRPC serving only grpc.health.v1 on this address (for kubelet probes when the main port uses TLS); unset means off.
+    health_listen: Option<SocketAddr> = None;
     /// Milliseconds a unary call may take before DEADLINE_EXCEEDED; streams are not cut.
     unary_timeout_ms: u64 = 30_000;
     /// Requests handled at once over all connections; more get RESOURCE_EXHAUSTED.

@@ -2,6 +2,9 @@
 //! the shutdown order that keeps acknowledgements true: refuse new pushes, let
 //! running compressions finish within `shutdown_grace`, leave queued jobs
 //! durable for the next start, end watch streams, then stop listening.
+//! With `health_listen`, a second, plaintext server answers only grpc.health.v1
+//! from the same reporter (kubelet's gRPC probes speak no TLS before 1.37), and
+//! goes away with the main one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,6 +73,17 @@ struct Running {
     ready: Arc<OnceLock<Archiver>>,
     draining: CancellationToken,
     stopping: CancellationToken,
+    /// The `health_listen` server, aborted when this is dropped: a health Watch
+    /// stream kept open would otherwise hold its graceful shutdown forever.
+    _health_only: Option<AbortOnDrop>,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves. `on_listening`
@@ -89,9 +103,17 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
+    let health_listener = match config.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     warn_if_exposed(&config);
     background::install_metrics(&config).map_err(ServeError::Metrics)?;
-    let mut running = start_server(&config, listener).await?;
+    let mut running = start_server(&config, listener, health_listener).await?;
 
     // Health says NOT_SERVING and calls get UNAVAILABLE until recovery is done.
     tracing::info!(%local, data_dir = %config.data_dir.display(), "recovering");
@@ -133,8 +155,13 @@ fn warn_if_exposed(config: &Config) {
 }
 
 /// Builds the server (health, reflection, our service behind auth and the
-/// guard layer) and starts it on `listener`, NOT_SERVING until the engine is open.
-async fn start_server(config: &Config, listener: TcpListener) -> Result<Running, ServeError> {
+/// guard layer) and starts it on `listener`, NOT_SERVING until the engine is open;
+/// the health-only server on `health_listener` when there is one.
+async fn start_server(
+    config: &Config,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+) -> Result<Running, ServeError> {
     let tokens = match &config.tokens_file {
         Some(path) => {
             let tokens = Tokens::load(path)?;
@@ -160,11 +187,28 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
         .max_encoding_message_size(config.max_chunk_size + MESSAGE_OVERHEAD);
     // Health and reflection stay open; our service needs a token when auth is on.
     let service = InterceptedService::new(service, move |request| tokens.authenticate(request));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_error =
+        |e: tonic_reflection::server::Error| ServeError::Reflection(e.to_string());
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    // v1alpha too: grpcurl 1.8 and Postman list services only through it.
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(reflection_error)?;
+    // health_listen: grpc.health.v1 alone, in plaintext, without a token
+    // (health is open on the main port too), stopping with the main server.
+    let health_only = health_listener.map(|listener| {
+        let server = Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener),
+                stopping.clone().cancelled_owned(),
+            );
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::warn!(error = %e, "health-only listener failed");
+            }
+        }))
+    });
     let guard = GuardLayer::new(
         config.max_concurrent_requests,
         config.max_concurrent_watches,
@@ -188,6 +232,7 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
         .layer(guard)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
     Ok(Running {
@@ -196,7 +241,14 @@ async fn start_server(config: &Config, listener: TcpListener) -> Result<Running,
         ready,
         draining,
         stopping,
+        _health_only: health_only,
     })
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The archive store `config` names, and the engine over it (recovery included).
