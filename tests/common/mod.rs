@@ -4,6 +4,7 @@
 
 pub mod disk;
 pub mod garage;
+pub mod launch;
 pub mod storage;
 
 pub use storage::{Backend, S3Target};
