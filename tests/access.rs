@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::calls::{assert_status, health_status};
 use common::*;
 use futures::StreamExt;
 use rcgen::{
@@ -63,15 +64,6 @@ fn status<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Status {
         Err(ClientError::Rpc(status)) => status,
         other => panic!("expected a gRPC error, got {other:?}"),
     }
-}
-
-fn assert_status(status: &Status, code: Code, says: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(says),
-        "expected {says:?} in {:?}",
-        status.message()
-    );
 }
 
 /// PERMISSION_DENIED naming the token, its role and shards, and the action.
@@ -330,15 +322,10 @@ async fn still_serving(server: &Server, pki: &Pki) {
         .connect()
         .await
         .expect("a correct TLS client connects");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .expect("health answers a correct TLS client")
-        .into_inner();
     assert_eq!(
-        reply.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        health_status(&channel).await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving),
+        "health answers a correct TLS client"
     );
     assert!(
         Path::new(&format!("/proc/{}", server.pid())).exists(),

@@ -5,6 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::calls::{assert_status, push_archived};
 use common::*;
 
 fn cli(server: &Server, args: &[&str]) -> Output {
@@ -250,9 +251,7 @@ async fn restore_of_a_damaged_archive_leaves_no_file() {
     let mut rpc = server.rpc().await;
     // Several restore chunks, so bytes reach the temporary before the damage does.
     let data = json_segment(21, 4 << 20);
-    let mut archived = header(1, 1, &data);
-    archived.ack = wal_archiver::proto::AckLevel::Archived as i32;
-    push(&mut rpc, archived, &data).await.unwrap();
+    push_archived(&mut rpc, 1, 1, &data).await;
     let path = server.archive_path(1, 1);
     let mut bytes = std::fs::read(&path).unwrap();
     let late = bytes.len() * 3 / 4;
@@ -336,13 +335,10 @@ async fn serve_config_file_env_and_flags_in_that_order() {
     let mut messages = vec![header_msg(header(3, 1, &data))];
     messages.extend(data_msgs(&data, 80_001));
     let refused = send(&mut rpc, messages).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused
-            .message()
-            .contains("data chunk of 80001 bytes exceeds max_chunk_size (80000 bytes)"),
-        "{}",
-        refused.message()
+    assert_status(
+        &refused,
+        tonic::Code::InvalidArgument,
+        "data chunk of 80001 bytes exceeds max_chunk_size (80000 bytes)",
     );
 
     // The environment's archive_queue_size: two uploads held open fill shard 4's queue.
@@ -366,13 +362,10 @@ async fn serve_config_file_env_and_flags_in_that_order() {
     let refused = push(&mut rpc, header(4, 3, &data), &data)
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-    assert!(
-        refused
-            .message()
-            .contains("shard 4's queue is full (2 segments received or waiting)"),
-        "{}",
-        refused.message()
+    assert_status(
+        &refused,
+        tonic::Code::ResourceExhausted,
+        "shard 4's queue is full (2 segments received or waiting)",
     );
     drop(held);
 }

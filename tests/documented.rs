@@ -8,10 +8,12 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::calls::{assert_status, health_status, push_archived, restore_error, sample, scrape};
 use common::launch::Starting;
 use common::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 use wal_archiver::client::{ClientError, PushOptions};
 use wal_archiver::proto;
 use wal_archiver::types::{AckLevel, JobState};
@@ -240,19 +242,12 @@ async fn streams_past_the_per_connection_limit_wait_for_a_free_one() {
     drop(held);
 }
 
-fn health_status(
-    reply: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>,
-) -> Option<i32> {
-    reply.ok().map(|r| r.into_inner().status)
-}
-
 /// While it recovers, the server answers health NOT_SERVING and calls
 /// UNAVAILABLE, from the moment it listens; once recovered, SERVING. Recovery
 /// is held here by another process holding the jobs database's write lock
 /// while the server adopts archives already in place for QUEUED jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_not_serving_while_recovering() {
-    use tonic_health::pb::health_check_response::ServingStatus;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let mut server = Server::start_in(&data_dir, &[]);
@@ -260,9 +255,7 @@ async fn health_is_not_serving_while_recovering() {
     let mut segments = Vec::new();
     for log_id in 1..=3u64 {
         let data = json_segment(log_id, 200_000);
-        let mut archived = header(1, log_id, &data);
-        archived.ack = proto::AckLevel::Archived as i32;
-        push(&mut rpc, archived, &data).await.unwrap();
+        push_archived(&mut rpc, 1, log_id, &data).await;
         segments.push(data);
     }
     drop(rpc);
@@ -282,38 +275,23 @@ async fn health_is_not_serving_while_recovering() {
     let mut starting = Starting::spawn(&data_dir, &[], &log);
     let endpoint = tonic::transport::Endpoint::from_shared(starting.url()).unwrap();
     let channel = eventually(LIMIT, || async { endpoint.connect().await.ok() }).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await;
     assert_eq!(
-        health_status(status),
-        Some(ServingStatus::NotServing as i32),
+        health_status(&channel).await,
+        Some(ServingStatus::NotServing),
         "health while recovering"
     );
+    let recovering = "recovering from the previous run; retry shortly";
     let mut calls = proto::wal_archiver_client::WalArchiverClient::new(channel.clone());
     let refused = calls
         .get_shard(proto::GetShardRequest { shard_id: 1 })
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("recovering from the previous run; retry shortly"),
-        "{}",
-        refused.message()
-    );
+    assert_status(&refused, Code::Unavailable, recovering);
     let data = json_segment(9, 1000);
     let refused = push(&mut calls, header(2, 1, &data), &data)
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(
-        refused.message().contains("recovering"),
-        "{}",
-        refused.message()
-    );
+    assert_status(&refused, Code::Unavailable, recovering);
     assert!(starting.running(), "still recovering, not dead");
     assert!(
         !std::fs::read_to_string(&log).unwrap().contains("serving"),
@@ -322,14 +300,8 @@ async fn health_is_not_serving_while_recovering() {
 
     db.execute_batch("ROLLBACK;").unwrap();
     drop(db);
-    eventually(LIMIT, || {
-        let mut health = health.clone();
-        async move {
-            let status = health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await;
-            (health_status(status) == Some(ServingStatus::Serving as i32)).then_some(())
-        }
+    eventually(LIMIT, || async {
+        (health_status(&channel).await == Some(ServingStatus::Serving)).then_some(())
     })
     .await;
     let client = wal_archiver::client::Client::connect(&starting.url())
@@ -384,9 +356,7 @@ async fn an_archive_of_a_newer_format_version_is_refused() {
     let server = Server::start(&[]);
     let mut rpc = server.rpc().await;
     let data = json_segment(5, 300_000);
-    let mut archived = header(1, 1, &data);
-    archived.ack = proto::AckLevel::Archived as i32;
-    push(&mut rpc, archived, &data).await.unwrap();
+    push_archived(&mut rpc, 1, 1, &data).await;
     let archive = server.archive_path(1, 1);
     set_format_version(&archive, 99);
     let newer = "archive format version 99 is newer than this build understands (1)";
@@ -407,28 +377,8 @@ async fn an_archive_of_a_newer_format_version_is_refused() {
         assert!(output.stdout.is_empty(), "{args:?}");
     }
 
-    let mut received = 0;
-    let refused = match rpc
-        .restore(proto::RestoreRequest {
-            shard_id: 1,
-            log_id: 1,
-        })
-        .await
-    {
-        Err(status) => status,
-        Ok(response) => {
-            let mut stream = response.into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(chunk)) => received += chunk.data.len(),
-                    Ok(None) => panic!("the restore ended cleanly"),
-                    Err(status) => break status,
-                }
-            }
-        }
-    };
-    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
-    assert!(refused.message().contains(newer), "{}", refused.message());
+    let (refused, received) = restore_error(&mut rpc, 1, 1).await;
+    assert_status(&refused, Code::DataLoss, newer);
     assert_eq!(received, 0, "no byte of the segment was sent");
 
     assert_eq!(zstd_decode(&archive), data, "zstd -d reads every version");
@@ -447,13 +397,11 @@ async fn pushes_retry_while_the_queue_is_full_and_push_reader_does_not() {
         &format!("127.0.0.1:{port}"),
     ]);
     let refusals = || {
-        let metrics = scrape(port);
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("wal_archiver_refusals_total{code=\"RESOURCE_EXHAUSTED\"} ")
-            })
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        sample(
+            &scrape(port),
+            "wal_archiver_refusals_total{code=\"RESOURCE_EXHAUSTED\"}",
+        )
+        .unwrap_or(0.0)
     };
     let client = server.client().await;
     let dir = tempfile::tempdir().unwrap();
@@ -509,7 +457,7 @@ async fn pushes_retry_while_the_queue_is_full_and_push_reader_does_not() {
         }
         other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
     }
-    assert_eq!(refusals(), 1, "push_reader was not retried");
+    assert_eq!(refusals(), 1.0, "push_reader was not retried");
 
     // push_file: refused, retried, and through once the queue has room.
     let path = dir.path().join("wal-3.log");
@@ -522,7 +470,7 @@ async fn pushes_retry_while_the_queue_is_full_and_push_reader_does_not() {
         let client = client.clone();
         tokio::spawn(async move { client.push_file(1, 3, &path, &options).await })
     };
-    eventually(LIMIT, || async { (refusals() >= 2).then_some(()) }).await;
+    eventually(LIMIT, || async { (refusals() >= 2.0).then_some(()) }).await;
     assert!(
         !retrying.is_finished(),
         "still retrying while the queue is full"
@@ -539,21 +487,10 @@ async fn pushes_retry_while_the_queue_is_full_and_push_reader_does_not() {
         .unwrap();
     assert_eq!(pushed.job.state, JobState::Archived);
     assert!(!pushed.deduplicated);
-    assert!(refusals() >= 2);
+    assert!(refusals() >= 2.0);
     let mut restored = std::io::Cursor::new(Vec::new());
     client.restore_to(1, 3, &mut restored, None).await.unwrap();
     assert_eq!(restored.into_inner(), data);
-}
-
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// The README's client-library snippet is examples/readme_client.rs, which

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::calls::{assert_status, push_archived, restore_error};
 use common::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -68,16 +69,6 @@ async fn push_small(
 
 fn message(msg: Msg) -> proto::ArchiveRequest {
     proto::ArchiveRequest { msg: Some(msg) }
-}
-
-/// Asserts the status has `code` and its message contains `says`.
-fn assert_status(status: &tonic::Status, code: Code, says: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(says),
-        "expected {says:?} in {:?}",
-        status.message()
-    );
 }
 
 fn trailer(size: Option<u64>, sha256: &[u8]) -> proto::ArchiveRequest {
@@ -752,9 +743,7 @@ async fn reads_of_unknown_things_and_damaged_archives() {
     // Damage archives on disk: restore ends with DATA_LOSS, never a complete copy.
     let data = wal_archiver::walgen::EventGenerator::new(8).segment(3 << 20);
     for (log_id, damage) in [(1u64, "flip"), (2, "truncate")] {
-        let mut archived = header(1, log_id, &data);
-        archived.ack = proto::AckLevel::Archived as i32;
-        push(&mut rpc, archived, &data).await.unwrap();
+        push_archived(&mut rpc, 1, log_id, &data).await;
         let path = server.archive_path(1, log_id);
         let mut bytes = std::fs::read(&path).unwrap();
         if damage == "flip" {
@@ -764,28 +753,7 @@ async fn reads_of_unknown_things_and_damaged_archives() {
             bytes.truncate(bytes.len() - 100);
         }
         std::fs::write(&path, bytes).unwrap();
-        let mut received = 0usize;
-        let end = match rpc
-            .restore(proto::RestoreRequest {
-                shard_id: 1,
-                log_id,
-            })
-            .await
-        {
-            Err(status) => status,
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(chunk)) => received += chunk.data.len(),
-                        Ok(None) => {
-                            panic!("{damage}: the stream ended cleanly after {received} bytes")
-                        }
-                        Err(status) => break status,
-                    }
-                }
-            }
-        };
+        let (end, received) = restore_error(&mut rpc, 1, log_id).await;
         let says = if damage == "flip" {
             "archive data is corrupt: Data corruption detected"
         } else {
@@ -917,9 +885,7 @@ async fn disk_full_mid_write_fails_the_job_and_serving_goes_on() {
 
     // Another shard is still served, end to end.
     let data = json_segment(10, 200_000);
-    let mut archived = header(2, 1, &data);
-    archived.ack = proto::AckLevel::Archived as i32;
-    push(&mut rpc, archived, &data).await.unwrap();
+    push_archived(&mut rpc, 2, 1, &data).await;
     assert_eq!(zstd_decode(&server.archive_path(2, 1)), data);
 }
 
@@ -928,9 +894,7 @@ async fn an_archive_of_other_bytes_under_the_key_is_never_overwritten() {
     let server = Server::start(&[]);
     let mut rpc = server.rpc().await;
     let original = json_segment(1, 50_000);
-    let mut first = header(1, 1, &original);
-    first.ack = proto::AckLevel::Archived as i32;
-    push(&mut rpc, first, &original).await.unwrap();
+    push_archived(&mut rpc, 1, 1, &original).await;
     // Someone plants log_id 1's archive where log_id 2's belongs (another
     // replica claiming the shard, a hand copy).
     let planted = server.archive_path(1, 2);

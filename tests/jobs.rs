@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::calls::{assert_status, health_status, push_archived};
 use common::*;
 use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -353,17 +354,9 @@ async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
         .connect()
         .await
         .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
-    eventually(LIMIT, || {
-        let mut health = health.clone();
-        async move {
-            let status = health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .ok()?;
-            (status.into_inner().status == not_serving).then_some(())
-        }
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing;
+    eventually(LIMIT, || async {
+        (health_status(&channel).await == Some(not_serving)).then_some(())
     })
     .await;
     let mut rpc = server.rpc().await;
@@ -371,15 +364,12 @@ async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
     let refused = push(&mut rpc, header(1, 9, &data), &data)
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("the service is shutting down; retry later"),
-        "{}",
-        refused.message()
+    assert_status(
+        &refused,
+        Code::Unavailable,
+        "the service is shutting down; retry later",
     );
-    drop((health, rpc, client));
+    drop((channel, rpc, client));
     // No second SIGTERM: that would mean "stop now".
     assert!(
         server.wait_exit(LIMIT).success(),
@@ -453,9 +443,7 @@ async fn list_jobs_by_log_id_range_and_pages() {
                 lying.sha256 = bytes::Bytes::copy_from_slice(&[3u8; 32]);
                 push(&mut rpc, lying, &data).await.unwrap_err();
             }
-            let mut archived = header(shard, log_id, &data);
-            archived.ack = proto::AckLevel::Archived as i32;
-            push(&mut rpc, archived, &data).await.unwrap();
+            push_archived(&mut rpc, shard, log_id, &data).await;
         }
     }
     // Every page of a listing: (shard, log_id, state) of each job, and the page sizes.

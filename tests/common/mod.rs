@@ -2,6 +2,7 @@
 //! port with its own data dir, real gRPC clients, the real PostgreSQL corpus.
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod disk;
 pub mod garage;
 pub mod launch;
