@@ -5,6 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::calls::{assert_status, push_archived};
 use common::*;
 
 fn cli(server: &Server, args: &[&str]) -> Output {
@@ -239,4 +240,158 @@ fn bench_quick_runs_all_three_contenders() {
             "{method} in each of the 3 workloads:\n{stdout}"
         );
     }
+}
+
+/// A restore that ends with DATA_LOSS (the archive was damaged on disk) exits
+/// non-zero with the code and message, and leaves neither the output file nor
+/// its temporary: only a verified segment is ever renamed into place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_of_a_damaged_archive_leaves_no_file() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    // Several restore chunks, so bytes reach the temporary before the damage does.
+    let data = json_segment(21, 4 << 20);
+    push_archived(&mut rpc, 1, 1, &data).await;
+    let path = server.archive_path(1, 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let late = bytes.len() * 3 / 4;
+    bytes[late] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("wal-1.restored");
+    let output = cli(
+        &server,
+        &[
+            "restore",
+            "--shard",
+            "1",
+            "--log-id",
+            "1",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success(), "a DATA_LOSS restore must fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: DATA_LOSS: ") && stderr.contains("archive data is corrupt"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no output file");
+    let left: Vec<_> = list(out_dir.path());
+    assert!(
+        left.is_empty(),
+        "nothing left in the output directory: {left:?}"
+    );
+}
+
+/// `serve --config FILE`: the file sets keys, `WAL_ARCHIVER_<KEY>` variables
+/// override it, flags override both — each observed through what the
+/// running server refuses, whose message names the value in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_config_file_env_and_flags_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wal-archiver.toml");
+    std::fs::write(
+        &config,
+        "# only in the file\nmax_zstd_level = 5\n\
+         # the file, then the environment\narchive_queue_size = 3\n\
+         # the file, the environment, then a flag\nmax_chunk_size = 70000\n",
+    )
+    .unwrap();
+    let server = Server::start_with_env(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--max-chunk-size",
+            "80000",
+        ],
+        &[
+            ("WAL_ARCHIVER_ARCHIVE_QUEUE_SIZE", "2"),
+            ("WAL_ARCHIVER_MAX_CHUNK_SIZE", "75000"),
+        ],
+    );
+    let mut rpc = server.rpc().await;
+    let data = json_segment(22, 200_000);
+
+    // The file's max_zstd_level.
+    let mut level = header(1, 1, &data);
+    level.zstd_level = Some(6);
+    let refused = push(&mut rpc, level, &data).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("zstd level 6 is out of range")
+            && refused.message().contains("..=5, max_zstd_level"),
+        "{}",
+        refused.message()
+    );
+
+    // The flag's max_chunk_size: a 79,000-byte chunk passes (the file and
+    // the environment would refuse it), one of 80,001 does not.
+    let mut messages = vec![header_msg(header(2, 1, &data))];
+    messages.extend(data_msgs(&data, 79_000));
+    send(&mut rpc, messages).await.unwrap();
+    let mut messages = vec![header_msg(header(3, 1, &data))];
+    messages.extend(data_msgs(&data, 80_001));
+    let refused = send(&mut rpc, messages).await.unwrap_err();
+    assert_status(
+        &refused,
+        tonic::Code::InvalidArgument,
+        "data chunk of 80001 bytes exceeds max_chunk_size (80000 bytes)",
+    );
+
+    // The environment's archive_queue_size: two uploads held open fill shard 4's queue.
+    let mut held = Vec::new();
+    for log_id in 1..=2 {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(header_msg(header(4, log_id, &data))).await.unwrap();
+        let mut uploader = server.rpc().await;
+        let call = tokio::spawn(async move {
+            uploader
+                .archive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        held.push((tx, call));
+    }
+    let client = server.client().await;
+    eventually(std::time::Duration::from_secs(30), || async {
+        (client.shard(4).await.ok()?.receiving == 2).then_some(())
+    })
+    .await;
+    let refused = push(&mut rpc, header(4, 3, &data), &data)
+        .await
+        .unwrap_err();
+    assert_status(
+        &refused,
+        tonic::Code::ResourceExhausted,
+        "shard 4's queue is full (2 segments received or waiting)",
+    );
+    drop(held);
+}
+
+/// A config file with a key the server does not know stops it at start,
+/// naming the file and the key.
+#[test]
+fn serve_refuses_an_unknown_key_in_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wal-archiver.toml");
+    std::fs::write(
+        &config,
+        "archive_queue_size = 3\narchive_queue_lenght = 4\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&config.display().to_string()) && stderr.contains("archive_queue_lenght"),
+        "{stderr}"
+    );
 }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::calls::{assert_status, push_archived, restore_error};
 use common::*;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -70,106 +71,335 @@ fn message(msg: Msg) -> proto::ArchiveRequest {
     proto::ArchiveRequest { msg: Some(msg) }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protocol_errors() {
-    let server = Server::start(&[]);
-    let mut rpc = server.rpc().await;
-    let data = json_segment(1, 50_000);
-
-    let empty = send(&mut rpc, vec![]).await.unwrap_err();
-    assert_eq!(empty.code(), Code::InvalidArgument);
-    assert!(
-        empty.message().contains("no segment header"),
-        "{}",
-        empty.message()
-    );
-
-    let data_first = send(&mut rpc, data_msgs(&data, 10_000)).await.unwrap_err();
-    assert_eq!(data_first.code(), Code::InvalidArgument);
-    assert!(
-        data_first
-            .message()
-            .contains("first message must be the segment header")
-    );
-
-    let mut twice = vec![
-        header_msg(header(1, 1, &data)),
-        header_msg(header(1, 1, &data)),
-    ];
-    twice.extend(data_msgs(&data, 10_000));
-    let status = send(&mut rpc, twice).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("header sent twice"));
-    failed_job(&server, 1).await;
-
-    let mut after_trailer = vec![header_msg(header(2, 1, &data))];
-    after_trailer.extend(data_msgs(&data, 10_000));
-    after_trailer.push(message(Msg::Trailer(proto::SegmentTrailer::default())));
-    after_trailer.extend(data_msgs(b"more", 10));
-    let status = send(&mut rpc, after_trailer).await.unwrap_err();
-    assert!(
-        status.message().contains("data after the trailer"),
-        "{}",
-        status.message()
-    );
-
-    let mut bad = header(3, 1, &data);
-    bad.sha256 = Bytes::from_static(b"short");
-    let status = push(&mut rpc, bad, &data).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("32"), "{}", status.message());
-
-    let mut no_digest = header(3, 1, &data);
-    no_digest.sha256 = Bytes::new();
-    let status = push(&mut rpc, no_digest, &data).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("no SHA-256"),
-        "{}",
-        status.message()
-    );
-
-    for (field, value) in [("kind", 99), ("ack", 42)] {
-        let mut unknown = header(4, 1, &data);
-        if field == "kind" {
-            unknown.kind = value;
-        } else {
-            unknown.ack = value;
-        }
-        let status = push(&mut rpc, unknown, &data).await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(
-            status.message().contains(&value.to_string()),
-            "{}",
-            status.message()
-        );
-    }
-    let mut out_of_range = header(4, u64::MAX, &data);
-    out_of_range.zstd_level = Some(3);
-    let status = push(&mut rpc, out_of_range, &data).await.unwrap_err();
-    assert!(status.message().contains("log_id"), "{}", status.message());
-    let mut level = header(4, 1, &data);
-    level.zstd_level = Some(100);
-    let status = push(&mut rpc, level, &data).await.unwrap_err();
-    assert!(
-        status.message().contains("zstd level 100"),
-        "{}",
-        status.message()
-    );
-    assert!(
-        jobs_of(&server, 4).await.is_empty(),
-        "refused headers create no job"
-    );
-    assert_no_files(&server, 3);
+fn trailer(size: Option<u64>, sha256: &[u8]) -> proto::ArchiveRequest {
+    message(Msg::Trailer(proto::SegmentTrailer {
+        size,
+        sha256: Bytes::copy_from_slice(sha256),
+    }))
 }
 
+/// A header that leaves size and digest to the trailer, as the library sends it.
+fn bare_header(shard: u32, data: &[u8]) -> proto::SegmentHeader {
+    let mut bare = header(shard, 1, data);
+    bare.size = None;
+    bare.sha256 = Bytes::new();
+    bare
+}
+
+/// What a refused stream leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Leaves {
+    /// Refused with the header: no job at all.
+    NoJob,
+    /// The job the header opened, FAILED with the same words as the status.
+    FailedJob,
+}
+
+/// One bad stream of RELIABILITY.md's failure table.
+struct Bad {
+    what: &'static str,
+    /// Sent with the header's shard set to the case's own.
+    messages: Vec<proto::ArchiveRequest>,
+    code: Code,
+    says: String,
+    leaves: Leaves,
+}
+
+fn bad(
+    what: &'static str,
+    messages: Vec<proto::ArchiveRequest>,
+    code: Code,
+    says: impl Into<String>,
+    leaves: Leaves,
+) -> Bad {
+    Bad {
+        what,
+        messages,
+        code,
+        says: says.into(),
+        leaves,
+    }
+}
+
+/// `messages` with every header's shard set to `shard`.
+fn on_shard(mut messages: Vec<proto::ArchiveRequest>, shard: u32) -> Vec<proto::ArchiveRequest> {
+    for message in &mut messages {
+        if let Some(Msg::Header(header)) = &mut message.msg {
+            header.shard_id = shard;
+        }
+    }
+    messages
+}
+
+/// Every bad Archive stream of docs/RELIABILITY.md's failure table, each on a
+/// shard of its own: the code and the message the table promises, and what
+/// remains (nothing, or a FAILED job whose reason says the same; never a
+/// spool file, a temporary or an archive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn size_and_digest_mismatches_fail_the_job_and_leave_nothing() {
+async fn every_bad_stream_gets_its_code_and_message() {
+    use Code::{DataLoss, InvalidArgument};
+    use Leaves::{FailedJob, NoJob};
     let server = Server::start(&["--max-chunk-size", "65536", "--max-segment-size", "1000000"]);
+    let data = json_segment(1, 50_000);
+    let len = data.len() as u64;
+    let sha = wal_archiver::types::Digest::of(&data);
+    let medium = json_segment(2, 100_000);
+    let large = json_segment(3, 1_100_000);
+    // A stream: these first messages, then the data in 20 kB chunks, then these last ones.
+    let stream = |first: Vec<proto::ArchiveRequest>, last: Vec<proto::ArchiveRequest>| {
+        let mut messages = first;
+        messages.extend(data_msgs(&data, 20_000));
+        messages.extend(last);
+        messages
+    };
+    let with_header = |edit: fn(&mut proto::SegmentHeader)| {
+        let mut edited = header(0, 1, &data);
+        edit(&mut edited);
+        stream(vec![header_msg(edited)], vec![])
+    };
+    let full = || header_msg(header(0, 1, &data));
+    let bare = || header_msg(bare_header(0, &data));
+    let good_trailer = || trailer(Some(len), &sha.0);
+    let empty = || proto::ArchiveRequest { msg: None };
+
+    let cases = vec![
+        // The header missing, repeated, or out of place; an empty message.
+        bad(
+            "an empty stream",
+            vec![],
+            InvalidArgument,
+            "empty stream: no segment header",
+            NoJob,
+        ),
+        bad(
+            "data before the header",
+            stream(vec![], vec![]),
+            InvalidArgument,
+            "the first message must be the segment header",
+            NoJob,
+        ),
+        bad(
+            "an empty message first",
+            vec![empty()],
+            InvalidArgument,
+            "the first message must be the segment header",
+            NoJob,
+        ),
+        bad(
+            "the header sent twice",
+            stream(vec![full(), full()], vec![]),
+            InvalidArgument,
+            "segment header sent twice",
+            FailedJob,
+        ),
+        bad(
+            "an empty message after the header",
+            stream(vec![full()], vec![empty()]),
+            InvalidArgument,
+            "empty message: set header, data or trailer",
+            FailedJob,
+        ),
+        // The trailer out of place, repeated, or disagreeing with the header.
+        bad(
+            "data after the trailer",
+            stream(
+                vec![bare()],
+                vec![good_trailer(), data_msgs(b"more", 10).remove(0)],
+            ),
+            InvalidArgument,
+            "data after the trailer",
+            FailedJob,
+        ),
+        bad(
+            "the trailer sent twice",
+            stream(vec![bare()], vec![good_trailer(), good_trailer()]),
+            InvalidArgument,
+            "trailer sent twice",
+            FailedJob,
+        ),
+        bad(
+            "header and trailer disagree on the size",
+            stream(vec![full()], vec![trailer(Some(len + 1), &sha.0)]),
+            InvalidArgument,
+            format!(
+                "header and trailer disagree on the size: {len} vs {}",
+                len + 1
+            ),
+            FailedJob,
+        ),
+        bad(
+            "header and trailer disagree on the SHA-256",
+            stream(vec![full()], vec![trailer(Some(len), &[9u8; 32])]),
+            InvalidArgument,
+            "header and trailer disagree on the SHA-256",
+            FailedJob,
+        ),
+        // Digests.
+        bad(
+            "a header SHA-256 of the wrong length",
+            with_header(|h| h.sha256 = Bytes::from_static(b"short")),
+            InvalidArgument,
+            "sha256 in the header has 5 bytes; a SHA-256 has 32",
+            NoJob,
+        ),
+        bad(
+            "a trailer SHA-256 of the wrong length",
+            stream(vec![bare()], vec![trailer(Some(len), &sha.0[..31])]),
+            InvalidArgument,
+            "sha256 in the trailer has 31 bytes; a SHA-256 has 32",
+            FailedJob,
+        ),
+        bad(
+            "no SHA-256 in header or trailer",
+            with_header(|h| h.sha256 = Bytes::new()),
+            InvalidArgument,
+            "no SHA-256 for the segment: send it in the header or in the trailer",
+            FailedJob,
+        ),
+        bad(
+            "a SHA-256 mismatch",
+            with_header(|h| h.sha256 = Bytes::copy_from_slice(&[7u8; 32])),
+            DataLoss,
+            format!(
+                "SHA-256 mismatch: declared {}, received bytes hash to {sha}",
+                "07".repeat(32)
+            ),
+            FailedJob,
+        ),
+        // Sizes.
+        bad(
+            "fewer bytes than declared",
+            {
+                let mut messages = vec![full()];
+                messages.extend(data_msgs(&data[..30_000], 10_000));
+                messages
+            },
+            InvalidArgument,
+            format!("size mismatch: {len} bytes declared, 30000 received"),
+            FailedJob,
+        ),
+        bad(
+            "more bytes than declared",
+            with_header(|h| h.size = h.size.map(|size| size - 1000)),
+            InvalidArgument,
+            format!("size mismatch: {} bytes declared", len - 1000),
+            FailedJob,
+        ),
+        bad(
+            "a chunk over max_chunk_size",
+            vec![
+                header_msg(header(0, 1, &medium)),
+                data_msgs(&medium, 65_537).remove(0),
+            ],
+            InvalidArgument,
+            "data chunk of 65537 bytes exceeds max_chunk_size (65536 bytes)",
+            FailedJob,
+        ),
+        bad(
+            "a declared size over max_segment_size",
+            with_header(|h| h.size = Some(2_000_000)),
+            InvalidArgument,
+            "segment of 2000000 bytes exceeds max_segment_size (1000000 bytes)",
+            NoJob,
+        ),
+        bad(
+            "a received size over max_segment_size",
+            {
+                let mut messages = vec![header_msg(bare_header(0, &large))];
+                messages.extend(data_msgs(&large, 60_000));
+                messages
+            },
+            InvalidArgument,
+            "exceeds max_segment_size (1000000 bytes)",
+            FailedJob,
+        ),
+        // Header fields out of range.
+        bad(
+            "an unknown content kind",
+            with_header(|h| h.kind = 99),
+            InvalidArgument,
+            "unknown content kind 99",
+            NoJob,
+        ),
+        bad(
+            "an unknown ack level",
+            with_header(|h| h.ack = 42),
+            InvalidArgument,
+            "unknown ack level 42",
+            NoJob,
+        ),
+        bad(
+            "a log_id over 2^63-1",
+            with_header(|h| h.log_id = u64::MAX),
+            InvalidArgument,
+            format!("log_id {} is out of range (at most 2^63-1)", u64::MAX),
+            NoJob,
+        ),
+        bad(
+            "a zstd level above the range",
+            with_header(|h| h.zstd_level = Some(100)),
+            InvalidArgument,
+            "zstd level 100 is out of range",
+            NoJob,
+        ),
+        bad(
+            "a zstd level below the range",
+            with_header(|h| h.zstd_level = Some(-1_000_000)),
+            InvalidArgument,
+            "zstd level -1000000 is out of range",
+            NoJob,
+        ),
+    ];
+
+    let mut rpc = server.rpc().await;
+    for (index, case) in cases.into_iter().enumerate() {
+        let shard = index as u32 + 1;
+        let status = send(&mut rpc, on_shard(case.messages, shard))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), case.code, "{}: {status:?}", case.what);
+        assert!(
+            status.message().contains(&case.says),
+            "{}: expected {:?} in {:?}",
+            case.what,
+            case.says,
+            status.message()
+        );
+        let jobs = jobs_of(&server, shard).await;
+        match case.leaves {
+            NoJob => assert!(jobs.is_empty(), "{}: {jobs:?}", case.what),
+            FailedJob => {
+                assert_eq!(jobs.len(), 1, "{}: {jobs:?}", case.what);
+                assert_eq!(
+                    job_state(&jobs[0]),
+                    proto::JobState::Failed,
+                    "{}",
+                    case.what
+                );
+                assert!(
+                    jobs[0].reason.contains(&case.says),
+                    "{}: the job's reason is {:?}",
+                    case.what,
+                    jobs[0].reason
+                );
+            }
+        }
+        assert!(server.archives(shard).is_empty(), "{}", case.what);
+    }
+    eventually(Duration::from_secs(30), || async {
+        server.spool_files().is_empty().then_some(())
+    })
+    .await;
+    assert!(server.temporaries().is_empty());
+}
+
+/// A segment whose push failed is not blocked by its FAILED job: the correct
+/// push of it is archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_segment_can_be_pushed_again() {
+    let server = Server::start(&["--max-chunk-size", "65536"]);
     let mut rpc = server.rpc().await;
     let data = json_segment(2, 200_000);
-
-    // Clean end of stream before the declared size: a truncated upload.
     let truncated = send(&mut rpc, {
         let mut m = vec![header_msg(header(1, 1, &data))];
         m.extend(data_msgs(&data[..100_000], 30_000));
@@ -177,74 +407,27 @@ async fn size_and_digest_mismatches_fail_the_job_and_leave_nothing() {
     })
     .await
     .unwrap_err();
-    assert_eq!(truncated.code(), Code::InvalidArgument);
-    assert!(
-        truncated.message().contains("size mismatch"),
-        "{}",
-        truncated.message()
+    assert_status(
+        &truncated,
+        Code::InvalidArgument,
+        &format!(
+            "size mismatch: {} bytes declared, 100000 received",
+            data.len()
+        ),
     );
     let job = failed_job(&server, 1).await;
     assert!(job.reason.contains("size mismatch"), "{}", job.reason);
     assert_no_files(&server, 1);
 
-    // Right size, wrong bytes.
-    let mut lying = header(2, 1, &data);
-    lying.sha256 = Bytes::copy_from_slice(&[7u8; 32]);
-    let status = push_small(&mut rpc, lying, &data).await.unwrap_err();
-    assert_eq!(status.code(), Code::DataLoss);
-    assert!(
-        status.message().contains("SHA-256 mismatch"),
-        "{}",
-        status.message()
-    );
-    failed_job(&server, 2).await;
-    assert_no_files(&server, 2);
-
-    // Limits.
-    let big_chunk = send(
-        &mut rpc,
-        vec![
-            header_msg(header(3, 1, &data)),
-            data_msgs(&data, 65_537).remove(0),
-        ],
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(big_chunk.code(), Code::InvalidArgument);
-    assert!(
-        big_chunk.message().contains("max_chunk_size"),
-        "{}",
-        big_chunk.message()
-    );
-    let mut too_big = header(4, 1, &data);
-    too_big.size = Some(2_000_000);
-    let status = push_small(&mut rpc, too_big, &data).await.unwrap_err();
-    assert!(
-        status.message().contains("max_segment_size"),
-        "{}",
-        status.message()
-    );
-    assert!(jobs_of(&server, 4).await.is_empty());
-    let large = json_segment(5, 1_100_000);
-    let mut undeclared = header(5, 1, &large);
-    undeclared.size = None;
-    let status = push_small(&mut rpc, undeclared, &large).await.unwrap_err();
-    assert!(
-        status.message().contains("max_segment_size"),
-        "{}",
-        status.message()
-    );
-    failed_job(&server, 5).await;
-
-    // A failed segment does not block a correct push of it.
-    let ok = push_small(&mut rpc, header(2, 1, &data), &data)
+    let ok = push_small(&mut rpc, header(1, 1, &data), &data)
         .await
         .unwrap();
     assert!(!ok.deduplicated);
     let client = server.client().await;
     let archived = client.wait(ok.job.unwrap().job_id).await.unwrap();
     assert_eq!(archived.log_id, 1);
-    assert_no_files(&server, 1);
+    assert_eq!(zstd_decode(&server.archive_path(1, 1)), data);
+    assert!(server.spool_files().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,50 +647,103 @@ async fn low_disk_budget_refuses_before_writing() {
     let status = push(&mut rpc, header(1, 1, &data), &data)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(status.message().contains("free"), "{}", status.message());
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "(min_free_bytes, plus the space uploads in progress reserved, plus the declared segment size); retry later",
+    );
     assert!(jobs_of(&server, 1).await.is_empty());
     assert_no_files(&server, 1);
+}
+
+/// Past max_concurrent_uploads a push is refused at once, before anything is
+/// written, and is taken again once an upload ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_uploads_refuses_at_once() {
+    let server = Server::start(&["--max-concurrent-uploads", "1"]);
+    let data = json_segment(12, 100_000);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    let mut holder = server.rpc().await;
+    let held = tokio::spawn(async move { holder.archive(ReceiverStream::new(rx)).await });
+    eventually(Duration::from_secs(30), || async {
+        (jobs_of(&server, 1).await.len() == 1).then_some(())
+    })
+    .await;
+
+    let mut rpc = server.rpc().await;
+    let refused = push(&mut rpc, header(2, 1, &data), &data)
+        .await
+        .unwrap_err();
+    assert_status(
+        &refused,
+        Code::ResourceExhausted,
+        "1 segments are being received already (max_concurrent_uploads); retry later",
+    );
+    assert!(
+        jobs_of(&server, 2).await.is_empty(),
+        "a refused push creates no job"
+    );
+    assert_eq!(
+        server.spool_files().len(),
+        1,
+        "only the held upload's spool"
+    );
+
+    for m in data_msgs(&data, 30_000) {
+        tx.send(m).await.unwrap();
+    }
+    drop(tx);
+    held.await.unwrap().unwrap();
+    push(&mut rpc, header(2, 1, &data), &data).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_unknown_things_and_damaged_archives() {
     let server = Server::start(&[]);
     let mut rpc = server.rpc().await;
-    let code = |r: Result<tonic::Response<proto::Job>, tonic::Status>| r.unwrap_err().code();
-    assert_eq!(
-        code(rpc.get_job(proto::GetJobRequest { job_id: 77 }).await),
-        Code::NotFound
-    );
-    assert_eq!(
-        rpc.get_shard(proto::GetShardRequest { shard_id: 77 })
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
+    let job = rpc
+        .get_job(proto::GetJobRequest { job_id: 77 })
+        .await
+        .unwrap_err();
+    assert_status(&job, Code::NotFound, "no job 77");
+    let shard = rpc
+        .get_shard(proto::GetShardRequest { shard_id: 77 })
+        .await
+        .unwrap_err();
+    assert_status(
+        &shard,
+        Code::NotFound,
+        "shard 77 has never pushed a segment",
     );
     let restore = rpc
         .restore(proto::RestoreRequest {
             shard_id: 1,
             log_id: 1,
         })
-        .await;
-    assert_eq!(restore.err().map(|s| s.code()), Some(Code::NotFound));
+        .await
+        .expect_err("no such segment");
+    assert_status(&restore, Code::NotFound, "no archive of shard 1 log_id 1");
     let bad_token = proto::ListJobsRequest {
         page_token: "not-a-token".into(),
         ..Default::default()
     };
-    assert_eq!(
-        rpc.list_jobs(bad_token).await.unwrap_err().code(),
-        Code::InvalidArgument
+    let listed = rpc.list_jobs(bad_token).await.unwrap_err();
+    assert_status(
+        &listed,
+        Code::InvalidArgument,
+        "bad page_token \"not-a-token\"",
     );
+    let cancel = rpc
+        .cancel_job(proto::CancelJobRequest { job_id: 77 })
+        .await
+        .unwrap_err();
+    assert_status(&cancel, Code::NotFound, "no job 77");
 
     // Damage archives on disk: restore ends with DATA_LOSS, never a complete copy.
     let data = wal_archiver::walgen::EventGenerator::new(8).segment(3 << 20);
     for (log_id, damage) in [(1u64, "flip"), (2, "truncate")] {
-        let mut archived = header(1, log_id, &data);
-        archived.ack = proto::AckLevel::Archived as i32;
-        push(&mut rpc, archived, &data).await.unwrap();
+        push_archived(&mut rpc, 1, log_id, &data).await;
         let path = server.archive_path(1, log_id);
         let mut bytes = std::fs::read(&path).unwrap();
         if damage == "flip" {
@@ -517,29 +753,13 @@ async fn reads_of_unknown_things_and_damaged_archives() {
             bytes.truncate(bytes.len() - 100);
         }
         std::fs::write(&path, bytes).unwrap();
-        let mut received = 0usize;
-        let end = match rpc
-            .restore(proto::RestoreRequest {
-                shard_id: 1,
-                log_id,
-            })
-            .await
-        {
-            Err(status) => status,
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(chunk)) => received += chunk.data.len(),
-                        Ok(None) => {
-                            panic!("{damage}: the stream ended cleanly after {received} bytes")
-                        }
-                        Err(status) => break status,
-                    }
-                }
-            }
+        let (end, received) = restore_error(&mut rpc, 1, log_id).await;
+        let says = if damage == "flip" {
+            "archive data is corrupt: Data corruption detected"
+        } else {
+            "archive data is corrupt: footer is missing or damaged (archive truncated?)"
         };
-        assert_eq!(end.code(), Code::DataLoss, "{damage}: {end:?}");
+        assert_status(&end, Code::DataLoss, says);
         assert!(
             received < data.len(),
             "{damage}: the whole segment was sent"
@@ -665,9 +885,7 @@ async fn disk_full_mid_write_fails_the_job_and_serving_goes_on() {
 
     // Another shard is still served, end to end.
     let data = json_segment(10, 200_000);
-    let mut archived = header(2, 1, &data);
-    archived.ack = proto::AckLevel::Archived as i32;
-    push(&mut rpc, archived, &data).await.unwrap();
+    push_archived(&mut rpc, 2, 1, &data).await;
     assert_eq!(zstd_decode(&server.archive_path(2, 1)), data);
 }
 
@@ -676,9 +894,7 @@ async fn an_archive_of_other_bytes_under_the_key_is_never_overwritten() {
     let server = Server::start(&[]);
     let mut rpc = server.rpc().await;
     let original = json_segment(1, 50_000);
-    let mut first = header(1, 1, &original);
-    first.ack = proto::AckLevel::Archived as i32;
-    push(&mut rpc, first, &original).await.unwrap();
+    push_archived(&mut rpc, 1, 1, &original).await;
     // Someone plants log_id 1's archive where log_id 2's belongs (another
     // replica claiming the shard, a hand copy).
     let planted = server.archive_path(1, 2);

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::calls::{assert_status, health_status, push_archived};
 use common::*;
 use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -282,8 +283,30 @@ async fn two_shards_progress_while_a_third_is_flooded() {
     );
 }
 
+/// A job's state and spool as the jobs database and the data dir hold them,
+/// read with the server stopped.
+fn state_on_disk(server: &Server, id: wal_archiver::types::JobId) -> String {
+    let db = rusqlite::Connection::open_with_flags(
+        server.data_dir.join("jobs.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open jobs.db read-only");
+    db.query_row(
+        "SELECT state FROM jobs WHERE id = ?1",
+        [id.0 as i64],
+        |row| row.get(0),
+    )
+    .expect("the job's row")
+}
+
+/// SIGTERM with a compression that cannot finish within `shutdown_grace` and
+/// two jobs waiting behind it: the grace is enforced (the compression is
+/// interrupted, not waited for: its job is back to QUEUED when the process
+/// has exited 0) and queued jobs are kept, not drained (still QUEUED, with
+/// their spool files, in the stopped server's data dir). At the next start
+/// all three are archived, byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_queued_jobs_survive() {
+async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
     let mut server = Server::start(&[
         "--archive-parallelism",
         "1",
@@ -297,6 +320,8 @@ async fn sigterm_drains_and_queued_jobs_survive() {
     ]);
     let client = server.client().await;
     let dir = tempfile::tempdir().unwrap();
+    // Level 19 on 16 MiB takes about 14 s of CPU on this project's machines,
+    // far past the 1 s grace.
     let slow = write_segment(dir.path(), "slow.log", 7, 16 << 20);
     let running = client
         .push_file(1, 1, &slow, &slow_options())
@@ -329,17 +354,9 @@ async fn sigterm_drains_and_queued_jobs_survive() {
         .connect()
         .await
         .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
-    eventually(LIMIT, || {
-        let mut health = health.clone();
-        async move {
-            let status = health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .ok()?;
-            (status.into_inner().status == not_serving).then_some(())
-        }
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing;
+    eventually(LIMIT, || async {
+        (health_status(&channel).await == Some(not_serving)).then_some(())
     })
     .await;
     let mut rpc = server.rpc().await;
@@ -347,12 +364,42 @@ async fn sigterm_drains_and_queued_jobs_survive() {
     let refused = push(&mut rpc, header(1, 9, &data), &data)
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    drop(health);
+    assert_status(
+        &refused,
+        Code::Unavailable,
+        "the service is shutting down; retry later",
+    );
+    drop((channel, rpc, client));
     // No second SIGTERM: that would mean "stop now".
     assert!(
-        server.wait_exit(Duration::from_secs(60)).success(),
+        server.wait_exit(LIMIT).success(),
         "exit code 0 after draining"
+    );
+
+    // The stopped server's data dir: nothing ran to the end, nothing was lost.
+    assert_eq!(
+        state_on_disk(&server, running),
+        "QUEUED",
+        "the compression was interrupted after the grace and its job put back"
+    );
+    for (log_id, id, _) in &queued {
+        assert_eq!(
+            state_on_disk(&server, *id),
+            "QUEUED",
+            "log_id {log_id} was kept queued, not drained"
+        );
+    }
+    assert_eq!(server.spool_files().len(), 3, "{:?}", server.spool_files());
+    assert!(server.archives(1).is_empty(), "{:?}", server.archives(1));
+    assert!(
+        server.temporaries().is_empty(),
+        "{:?}",
+        server.temporaries()
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("job interrupted") && log.contains("Shutdown"),
+        "the log says the job was interrupted by the shutdown:\n{log}"
     );
 
     server.restart();
@@ -362,6 +409,10 @@ async fn sigterm_drains_and_queued_jobs_survive() {
         resumed.state,
         JobState::Archived,
         "the interrupted job is resumed, not lost"
+    );
+    assert_eq!(
+        zstd_decode(&server.archive_path(1, 1)),
+        std::fs::read(&slow).unwrap()
     );
     for (log_id, id, path) in queued {
         client.wait(id).await.unwrap();
@@ -373,6 +424,136 @@ async fn sigterm_drains_and_queued_jobs_survive() {
         assert_eq!(restored.into_inner(), std::fs::read(path).unwrap());
     }
     assert!(server.spool_files().is_empty());
+}
+
+/// ListJobs between log_id_min and log_id_max (inclusive), alone or with a
+/// shard and a state, page by page: every job in the range once, in job
+/// order, and an empty page token only on the last page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_jobs_by_log_id_range_and_pages() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    // Shards 1 and 2 push log_ids 1..=9 in turns, so their job ids interleave;
+    // shard 1's log_id 5 fails once before it is archived.
+    for log_id in 1..=9u64 {
+        for shard in [1u32, 2] {
+            let data = json_segment(shard as u64 * 100 + log_id, 5_000);
+            if (shard, log_id) == (1, 5) {
+                let mut lying = header(shard, log_id, &data);
+                lying.sha256 = bytes::Bytes::copy_from_slice(&[3u8; 32]);
+                push(&mut rpc, lying, &data).await.unwrap_err();
+            }
+            push_archived(&mut rpc, shard, log_id, &data).await;
+        }
+    }
+    // Every page of a listing: (shard, log_id, state) of each job, and the page sizes.
+    let list_all = |request: proto::ListJobsRequest| {
+        let mut rpc = rpc.clone();
+        async move {
+            let mut request = request;
+            let mut seen = Vec::new();
+            let mut pages = Vec::new();
+            let mut last_id = 0;
+            loop {
+                let reply = rpc.list_jobs(request.clone()).await.unwrap().into_inner();
+                pages.push(reply.jobs.len());
+                for job in &reply.jobs {
+                    assert!(job.job_id > last_id, "jobs in job order");
+                    last_id = job.job_id;
+                    seen.push((
+                        job.shard_id,
+                        job.log_id,
+                        proto::JobState::try_from(job.state).unwrap(),
+                    ));
+                }
+                if reply.next_page_token.is_empty() {
+                    return (seen, pages);
+                }
+                request.page_token = reply.next_page_token;
+            }
+        }
+    };
+    use proto::JobState::{Archived, Failed};
+    let range = |shard: Option<u32>, min: Option<u64>, max: Option<u64>, page_size: u32| {
+        proto::ListJobsRequest {
+            shard_id: shard,
+            log_id_min: min,
+            log_id_max: max,
+            page_size,
+            ..Default::default()
+        }
+    };
+
+    // One shard, a range, pages of 2: the failed attempt at log_id 5 is listed too.
+    let (jobs, pages) = list_all(range(Some(1), Some(3), Some(7), 2)).await;
+    assert_eq!(
+        jobs,
+        vec![
+            (1, 3, Archived),
+            (1, 4, Archived),
+            (1, 5, Failed),
+            (1, 5, Archived),
+            (1, 6, Archived),
+            (1, 7, Archived)
+        ]
+    );
+    assert_eq!(
+        pages,
+        vec![2, 2, 2, 0],
+        "a full last page is followed by an empty one"
+    );
+    // With a state: only the archived jobs of the range.
+    let mut archived_only = range(Some(1), Some(3), Some(7), 4);
+    archived_only.state = Archived as i32;
+    let (jobs, pages) = list_all(archived_only).await;
+    assert_eq!(
+        jobs,
+        (3..=7)
+            .map(|log_id| (1, log_id, Archived))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(pages, vec![4, 1]);
+    // Open ends.
+    let (jobs, _) = list_all(range(Some(2), Some(8), None, 0)).await;
+    assert_eq!(jobs, vec![(2, 8, Archived), (2, 9, Archived)]);
+    let (jobs, _) = list_all(range(Some(2), None, Some(2), 0)).await;
+    assert_eq!(jobs, vec![(2, 1, Archived), (2, 2, Archived)]);
+    // Every shard: the range applies to each, pages cross shards.
+    let (jobs, pages) = list_all(range(None, Some(8), Some(9), 3)).await;
+    assert_eq!(
+        jobs,
+        vec![
+            (1, 8, Archived),
+            (2, 8, Archived),
+            (1, 9, Archived),
+            (2, 9, Archived)
+        ]
+    );
+    assert_eq!(pages, vec![3, 1]);
+    // An empty range.
+    let (jobs, pages) = list_all(range(Some(1), Some(7), Some(3), 0)).await;
+    assert!(jobs.is_empty(), "{jobs:?}");
+    assert_eq!(pages, vec![0]);
+
+    // The client library pages the same way.
+    let client = server.client().await;
+    let mut filter = wal_archiver::types::JobFilter {
+        shard_id: Some(2),
+        log_id_min: Some(2),
+        log_id_max: Some(6),
+        limit: 2,
+        ..Default::default()
+    };
+    let mut log_ids = Vec::new();
+    loop {
+        let (page, next) = client.list(&filter).await.unwrap();
+        log_ids.extend(page.iter().map(|job| job.log_id));
+        match next {
+            Some(after) => filter.after = Some(after),
+            None => break,
+        }
+    }
+    assert_eq!(log_ids, vec![2, 3, 4, 5, 6]);
 }
 
 /// SIGTERM right after the server says it listens must still drain and exit 0

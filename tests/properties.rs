@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use proptest::test_runner::RngSeed;
+use proptest::test_runner::{RngSeed, TestCaseResult, TestRunner};
 
 use wal_archiver::archive::{
     ArchiveHeader, ArchiveReader, ArchiveWriter, FORMAT_VERSION, FORMAT_WITH_DIGEST_UP_FRONT,
@@ -54,92 +54,173 @@ fn decode(archive: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+/// Cases of each archive and request property on every run.
+const ARCHIVE_CASES: u32 = 2000;
 
-    #[test]
-    fn archive_roundtrips(
-        data in proptest::collection::vec(any::<u8>(), 0..20_000),
-        level in 1i32..6,
-        up_front in any::<bool>(),
-    ) {
-        prop_assert_eq!(decode(archive_of(&data, level, up_front)).unwrap(), data);
+/// The same cases on every run, CI's included, unless PROPTEST_RNG_SEED asks
+/// for others; PROPTEST_CASES may ask for more than ARCHIVE_CASES, never for
+/// fewer.
+fn archive_config() -> ProptestConfig {
+    // The default config is the one the PROPTEST_* variables make.
+    let env = ProptestConfig::default();
+    ProptestConfig {
+        cases: env.cases.max(ARCHIVE_CASES),
+        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+            env.rng_seed
+        } else {
+            RngSeed::Fixed(1952)
+        },
+        source_file: Some(file!()),
+        ..env
     }
+}
 
-    /// Any damage is either detected or harmless: the reader never panics and
-    /// never returns bytes other than the original.
-    #[test]
-    fn damaged_archives_never_yield_wrong_bytes(
-        data in proptest::collection::vec(any::<u8>(), 1..5_000),
-        flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
-        cut in proptest::option::of(any::<prop::sample::Index>()),
-        up_front in any::<bool>(),
-    ) {
-        let mut archive = archive_of(&data, 3, up_front);
-        for (at, mask) in &flips {
-            let i = at.index(archive.len());
-            archive[i] ^= mask;
-        }
-        if let Some(cut) = cut {
-            archive.truncate(cut.index(archive.len()));
-        }
-        if let Ok(decoded) = decode(archive) {
-            prop_assert_eq!(decoded, data);
-        }
+/// Runs `test` on values of `strategy` under `archive_config`, after the
+/// failures kept in tests/properties.proptest-regressions. The runner is made
+/// here rather than by `proptest!`, which would let PROPTEST_CASES lower the
+/// number of cases.
+fn run_property<S: Strategy>(
+    name: &'static str,
+    strategy: S,
+    test: impl Fn(S::Value) -> TestCaseResult,
+) {
+    let mut config = archive_config();
+    config.test_name = Some(name);
+    let mut runner = TestRunner::new(config);
+    if let Err(failure) = runner.run(&strategy, test) {
+        panic!("{name}: {failure}\n{runner}");
     }
+}
 
-    #[test]
-    fn random_bytes_are_not_archives(bytes in proptest::collection::vec(any::<u8>(), 0..2_000)) {
-        prop_assert!(decode(bytes).is_err());
-    }
+#[test]
+fn archive_roundtrips() {
+    run_property(
+        "archive_roundtrips",
+        (
+            proptest::collection::vec(any::<u8>(), 0..20_000),
+            1i32..6,
+            any::<bool>(),
+        ),
+        |(data, level, up_front)| {
+            prop_assert_eq!(decode(archive_of(&data, level, up_front)).unwrap(), data);
+            Ok(())
+        },
+    );
+}
 
-    /// Where chunks split a segment does not change the verdict or the stats.
-    #[test]
-    fn json_lines_chunking_is_invisible(seed in 0u64..1000, cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12)) {
-        let data = wal_archiver::walgen::EventGenerator::new(seed).segment(4_000);
-        let whole = check(&[&data]).unwrap();
-        prop_assert_eq!(check(&chunks(&data, &cuts)).unwrap(), whole);
-    }
-
-    /// Header validation never panics, and accepts exactly the well-formed headers.
-    #[test]
-    fn header_validation(
-        shard_id in any::<u32>(),
-        log_id in any::<u64>(),
-        sha_len in prop_oneof![Just(0usize), Just(32usize), 0usize..64],
-        kind in -2i32..5,
-        ack in -2i32..5,
-        size in proptest::option::of(any::<u64>()),
-    ) {
-        let header = proto::SegmentHeader {
-            shard_id,
-            log_id,
-            size,
-            sha256: Bytes::from(vec![7u8; sha_len]),
-            kind,
-            ack,
-            zstd_level: None,
-        };
-        let valid = (sha_len == 0 || sha_len == 32) && (0..=2).contains(&kind) && (0..=2).contains(&ack);
-        match wal_archiver::types::SegmentRequest::try_from(header) {
-            Ok(request) => {
-                prop_assert!(valid);
-                prop_assert_eq!(request.shard_id, shard_id);
-                prop_assert_eq!(request.sha256.is_some(), sha_len == 32);
+/// Any damage is either detected or harmless: the reader never panics and
+/// never returns bytes other than the original.
+#[test]
+fn damaged_archives_never_yield_wrong_bytes() {
+    run_property(
+        "damaged_archives_never_yield_wrong_bytes",
+        (
+            proptest::collection::vec(any::<u8>(), 1..5_000),
+            proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+            proptest::option::of(any::<prop::sample::Index>()),
+            any::<bool>(),
+        ),
+        |(data, flips, cut, up_front)| {
+            let mut archive = archive_of(&data, 3, up_front);
+            for (at, mask) in &flips {
+                let i = at.index(archive.len());
+                archive[i] ^= mask;
             }
-            Err(invalid) => {
-                prop_assert!(!valid);
-                let status = wal_archiver::service::status(invalid);
-                prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            if let Some(cut) = cut {
+                archive.truncate(cut.index(archive.len()));
             }
-        }
-    }
+            if let Ok(decoded) = decode(archive) {
+                prop_assert_eq!(decoded, data);
+            }
+            Ok(())
+        },
+    );
+}
 
-    /// Undecodable request bytes are an error, never a panic.
-    #[test]
-    fn request_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = <proto::ArchiveRequest as prost::Message>::decode(&bytes[..]);
-    }
+#[test]
+fn random_bytes_are_not_archives() {
+    run_property(
+        "random_bytes_are_not_archives",
+        proptest::collection::vec(any::<u8>(), 0..2_000),
+        |bytes| {
+            prop_assert!(decode(bytes).is_err());
+            Ok(())
+        },
+    );
+}
+
+/// Where chunks split a segment does not change the verdict or the stats.
+#[test]
+fn json_lines_chunking_is_invisible() {
+    run_property(
+        "json_lines_chunking_is_invisible",
+        (
+            0u64..1000,
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ),
+        |(seed, cuts)| {
+            let data = wal_archiver::walgen::EventGenerator::new(seed).segment(4_000);
+            let whole = check(&[&data]).unwrap();
+            prop_assert_eq!(check(&chunks(&data, &cuts)).unwrap(), whole);
+            Ok(())
+        },
+    );
+}
+
+/// Header validation never panics, and accepts exactly the well-formed headers.
+#[test]
+fn header_validation() {
+    run_property(
+        "header_validation",
+        (
+            any::<u32>(),
+            any::<u64>(),
+            prop_oneof![Just(0usize), Just(32usize), 0usize..64],
+            -2i32..5,
+            -2i32..5,
+            proptest::option::of(any::<u64>()),
+        ),
+        |(shard_id, log_id, sha_len, kind, ack, size)| {
+            let header = proto::SegmentHeader {
+                shard_id,
+                log_id,
+                size,
+                sha256: Bytes::from(vec![7u8; sha_len]),
+                kind,
+                ack,
+                zstd_level: None,
+            };
+            let valid = (sha_len == 0 || sha_len == 32)
+                && (0..=2).contains(&kind)
+                && (0..=2).contains(&ack);
+            match wal_archiver::types::SegmentRequest::try_from(header) {
+                Ok(request) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(request.shard_id, shard_id);
+                    prop_assert_eq!(request.sha256.is_some(), sha_len == 32);
+                }
+                Err(invalid) => {
+                    prop_assert!(!valid);
+                    let status = wal_archiver::service::status(invalid);
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Undecodable request bytes are an error, never a panic.
+#[test]
+fn request_decoding_never_panics() {
+    run_property(
+        "request_decoding_never_panics",
+        proptest::collection::vec(any::<u8>(), 0..512),
+        |bytes| {
+            let _ = <proto::ArchiveRequest as prost::Message>::decode(&bytes[..]);
+            Ok(())
+        },
+    );
 }
 
 /// `data` cut where `cuts` say, empty chunks included.

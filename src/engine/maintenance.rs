@@ -121,18 +121,15 @@ impl Maintenance {
                 continue;
             };
             loop {
-                let batch =
-                    self.db
-                        .retention_candidates(shard_id, watermark, count, RETENTION_BATCH)?;
-                let full = batch.len() == RETENTION_BATCH;
-                // Oldest log_id first: the first archive young enough to keep
-                // ends the pass for this shard.
-                let due: Vec<&Job> = batch
-                    .iter()
-                    .take_while(|job| cutoff.is_none_or(|cutoff| job.updated_unix_ms < cutoff))
-                    .collect();
-                let stopped_early = due.len() < batch.len();
-                for job in due {
+                let due = self.db.retention_candidates(
+                    shard_id,
+                    watermark,
+                    count,
+                    cutoff,
+                    RETENTION_BATCH,
+                )?;
+                let full = due.len() == RETENTION_BATCH;
+                for job in &due {
                     // Recorded first: a crash in between leaves a stray file,
                     // never a job that claims an archive it no longer has.
                     self.db.mark_expired(job.id)?;
@@ -146,7 +143,7 @@ impl Maintenance {
                         "retention removed archive"
                     );
                 }
-                if !full || stopped_early {
+                if !full {
                     break;
                 }
             }

@@ -26,8 +26,10 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod calls;
 pub mod disk;
 pub mod garage;
+pub mod launch;
 pub mod storage;
 
 pub use storage::{Backend, S3Target};

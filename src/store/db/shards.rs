@@ -174,13 +174,16 @@ impl JobDb {
     }
 
     /// Live (not expired) archives of a shard that retention may remove: at
-    /// or below `watermark` and not among the newest `keep_newest` (when not
-    /// 0); oldest log_id first, at most `limit`. The age rule is the caller's.
+    /// or below `watermark`, not among the newest `keep_newest` (when not 0)
+    /// and last updated before `updated_before` (when set); oldest log_id
+    /// first, at most `limit`. Age is checked per archive: a younger one (a
+    /// segment pushed again) does not shelter older ones above it.
     pub fn retention_candidates(
         &self,
         shard_id: ShardId,
         watermark: LogId,
         keep_newest: u64,
+        updated_before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         self.read(|conn| {
@@ -202,10 +205,15 @@ impl JobDb {
             let sql = format!(
                 "SELECT {COLUMNS} FROM jobs INDEXED BY jobs_live_archives
                  WHERE shard_id = ?1 AND state = 'ARCHIVED' AND expired_ms IS NULL AND log_id < ?2
+                   AND updated_ms < ?4
                  ORDER BY log_id LIMIT ?3"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![shard_id, below, limit as i64], job_from_row)?;
+            let updated_before = updated_before.unwrap_or(i64::MAX);
+            let rows = stmt.query_map(
+                params![shard_id, below, limit as i64, updated_before],
+                job_from_row,
+            )?;
             rows.map(|row| row?).collect()
         })
     }

@@ -206,22 +206,25 @@ fn retention_candidates_keep_the_newest_and_stay_at_or_below_the_watermark() {
     }
     let log_ids = |jobs: Vec<Job>| jobs.iter().map(|j| j.log_id).collect::<Vec<_>>();
     assert_eq!(
-        log_ids(db.retention_candidates(1, 10, 3, 100).unwrap()),
+        log_ids(db.retention_candidates(1, 10, 3, None, 100).unwrap()),
         (1..=7).collect::<Vec<_>>()
     );
     assert_eq!(
-        log_ids(db.retention_candidates(1, 5, 0, 100).unwrap()),
+        log_ids(db.retention_candidates(1, 5, 0, None, 100).unwrap()),
         (1..=5).collect::<Vec<_>>()
     );
     assert_eq!(
-        log_ids(db.retention_candidates(1, 10, 0, 2).unwrap()),
+        log_ids(db.retention_candidates(1, 10, 0, None, 2).unwrap()),
         vec![1, 2]
     );
-    let first = db.retention_candidates(1, 10, 0, 1).unwrap().remove(0);
+    let first = db
+        .retention_candidates(1, 10, 0, None, 1)
+        .unwrap()
+        .remove(0);
     db.mark_expired(first.id).unwrap();
     assert_eq!(db.unfinished_removals(1).unwrap().len(), 1);
     assert_eq!(
-        log_ids(db.retention_candidates(1, 10, 8, 100).unwrap()),
+        log_ids(db.retention_candidates(1, 10, 8, None, 100).unwrap()),
         vec![2]
     );
     db.mark_archive_removed(first.id).unwrap();
