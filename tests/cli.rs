@@ -233,13 +233,31 @@ fn bench_quick_runs_all_three_contenders() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Four workloads (raw; JSON lines with 1 and 4 shards; one large segment),
+    // each with a row per contender.
     for method in ["in-database baseline", "zstd CLI", "wal-archiver service"] {
-        assert_eq!(
-            stdout.matches(method).count(),
-            3,
-            "{method} in each of the 3 workloads:\n{stdout}"
-        );
+        let rows = stdout
+            .lines()
+            .filter(|line| line.trim_start().starts_with(method))
+            .count();
+        assert_eq!(rows, 4, "{method} in each of the 4 workloads:\n{stdout}");
     }
+    // Restores of a small raw, a small JSON and the large segment, beside
+    // zstd -d: rows, where figures follow the method (not the header, not
+    // the targets that name it).
+    for method in ["wal-archiver restore", "zstd -d"] {
+        let rows = stdout
+            .lines()
+            .filter(|line| {
+                line.split_once(method).is_some_and(|(before, after)| {
+                    !before.contains(['≤', '÷'])
+                        && after.trim_start().starts_with(|c: char| c.is_ascii_digit())
+                })
+            })
+            .count();
+        assert_eq!(rows, 3, "{method} in each restore:\n{stdout}");
+    }
+    assert!(stdout.contains("\nTargets\n"), "{stdout}");
 }
 
 /// A restore that ends with DATA_LOSS (the archive was damaged on disk) exits

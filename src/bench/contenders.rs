@@ -4,10 +4,14 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use super::baseline::BASELINE_KIND_ENV;
+use super::child::{run_measured, self_cpu_secs, vm_hwm};
+use super::s3::{self, Garage};
 use super::*;
 use crate::client::{Client, ClientError, PushOptions};
 use crate::types::{ContentKind, JobId, JobState};
@@ -29,19 +33,26 @@ pub(super) fn measure_baseline(
         .arg(level.to_string())
         .arg("--shards")
         .arg(workload.shards.to_string())
-        .args(&workload.files);
-    let (wall, cpu_secs, peak_rss) = run_child("in-database baseline", command)?;
+        .args(&workload.files)
+        .env(BASELINE_KIND_ENV, workload.kind.as_str());
+    let usage = run_measured("in-database baseline", command)?;
     Ok(Raw {
-        method: "in-database baseline",
-        wall,
+        contender: Contender::Baseline,
+        wall: usage.wall,
         output_bytes: dir_size(&out),
-        cpu_secs,
-        peak_rss,
+        cpu_secs: usage.cpu_secs,
+        peak_rss: usage.peak_rss,
         ack: Vec::new(),
         archived: Vec::new(),
+        s3_requests: None,
     })
 }
 
+/// `zstd -<level>` on every file (once per shard), as many processes at once
+/// as there are cores, each output fsynced. Its peak RSS is what the machine
+/// needed for them at once: the sum, over the concurrent slots, of the largest
+/// peak among the processes each slot ran (a process's peak is reached as it
+/// starts, when zstd allocates its context, so the slots' peaks overlap).
 pub(super) fn measure_zstd_cli(
     workload: &Workload,
     out: &Path,
@@ -63,18 +74,18 @@ pub(super) fn measure_zstd_cli(
         .map(|n| n.get())
         .unwrap_or(1);
     let queue = Arc::new(std::sync::Mutex::new(jobs));
-    let cpu_before = children_cpu_secs();
+    let cpu_micros = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let workers: Vec<_> = (0..parallel)
+    let slots: Vec<_> = (0..parallel)
         .map(|_| {
             let queue = queue.clone();
-            let peak = peak.clone();
-            std::thread::spawn(move || -> Result<(), BenchError> {
+            let cpu_micros = cpu_micros.clone();
+            std::thread::spawn(move || -> Result<u64, BenchError> {
+                let mut slot_peak = 0;
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
                     let Some((input, output)) = next else {
-                        return Ok(());
+                        return Ok(slot_peak);
                     };
                     let mut command = Command::new("zstd");
                     command
@@ -83,45 +94,73 @@ pub(super) fn measure_zstd_cli(
                         .arg(&input)
                         .arg("-o")
                         .arg(&output);
-                    let (_, _, rss) = run_child("zstd", command)?;
-                    peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
-                    std::fs::File::open(&output)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io(format!("syncing {}", output.display())))?;
+                    let usage = run_measured("zstd", command)?;
+                    slot_peak = slot_peak.max(usage.peak_rss);
+                    cpu_micros.fetch_add((usage.cpu_secs * 1e6) as u64, Ordering::Relaxed);
+                    sync_file(&output)?;
                 }
             })
         })
         .collect();
-    for worker in workers {
-        worker
+    let mut peak_rss = 0;
+    for slot in slots {
+        peak_rss += slot
             .join()
             .map_err(|_| BenchError::Failed("zstd worker panicked".into()))??;
     }
-    let wall = started.elapsed();
     Ok(Raw {
-        method: "zstd CLI",
-        wall,
+        contender: Contender::ZstdCli,
+        wall: started.elapsed(),
         output_bytes: dir_size(&out),
-        cpu_secs: children_cpu_secs() - cpu_before,
-        peak_rss: peak.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_secs: cpu_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        peak_rss,
         ack: Vec::new(),
         archived: Vec::new(),
+        s3_requests: None,
     })
 }
 
+pub(super) fn sync_file(path: &Path) -> Result<(), BenchError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("syncing {}", path.display())))
+}
+
+/// Where the measured server keeps its archives.
+pub(super) enum Backend<'a> {
+    /// Below its data dir.
+    Local,
+    /// In the bench's Garage, under this key prefix.
+    S3 { garage: &'a Garage, prefix: String },
+}
+
+/// Runs the workload through a fresh server; returns the measurement and the
+/// server, still running, to restore from.
 pub(super) async fn measure_service(
     workload: &Workload,
     data_dir: &Path,
     options: &BenchOptions,
-    input: u64,
-) -> Result<Raw, BenchError> {
+    backend: &Backend<'_>,
+) -> Result<(Raw, ServerProcess), BenchError> {
     reset_dir(data_dir)?;
-    let server = ServerProcess::start(data_dir)?;
+    let (contender, server) = match backend {
+        Backend::Local => (Contender::Service, ServerProcess::start(data_dir)?),
+        Backend::S3 { garage, prefix } => (
+            Contender::ServiceS3,
+            ServerProcess::start_with(data_dir, &garage.server_args(prefix), &garage.env())?,
+        ),
+    };
     let client = Client::connect(&server.url).await?;
+    let garage = match backend {
+        Backend::S3 { garage, .. } => Some(*garage),
+        Backend::Local => None,
+    };
+    // After the server's start-up listing: only the workload's requests count.
+    let requests_before = garage.map(Garage::requests).transpose()?;
     let cpu_before = server.cpu_secs()?;
     let client_cpu_before = self_cpu_secs();
     let push_options = PushOptions {
-        kind: ContentKind::JsonLines,
+        kind: workload.kind,
         zstd_level: Some(options.level),
         ..PushOptions::default()
     };
@@ -159,7 +198,7 @@ pub(super) async fn measure_service(
                     if job.state != JobState::Archived {
                         return Err(ClientError::JobNotArchived(Box::new(job)));
                     }
-                    Ok((acked, pushed_at.elapsed()))
+                    Ok((acked, pushed_at.elapsed(), job.archive_size.unwrap_or(0)))
                 }
             });
             futures::future::join_all(waits).await
@@ -167,36 +206,44 @@ pub(super) async fn measure_service(
     }
     let mut ack = Vec::new();
     let mut archived = Vec::new();
+    let mut output_bytes = 0;
     for shard in shards {
         for timing in shard
             .await
             .map_err(|e| BenchError::Failed(format!("shard task: {e}")))?
         {
-            let (acked, done) = timing?;
+            let (acked, done, size) = timing?;
             ack.push(acked);
             archived.push(done);
+            output_bytes += size;
         }
     }
     let wall = started.elapsed();
     let cpu_secs = server.cpu_secs()? - cpu_before;
     let client_cpu = self_cpu_secs() - client_cpu_before;
     let peak_rss = server.peak_rss()?;
-    let output_bytes = dir_size(&data_dir.join("archives"));
+    let s3_requests = match (garage, requests_before) {
+        (Some(garage), Some(before)) => {
+            Some(s3::per_segment(&before, &garage.requests()?, ack.len()))
+        }
+        _ => None,
+    };
     eprintln!(
-        "bench:   service {:.2} s ({:.0} MiB/s), server CPU {cpu_secs:.2} s, client CPU {client_cpu:.2} s",
+        "bench:   {} {:.2} s, server CPU {cpu_secs:.2} s, client CPU {client_cpu:.2} s",
+        contender.label(workload.kind),
         wall.as_secs_f64(),
-        mib(input) / wall.as_secs_f64()
     );
-    drop(server);
-    Ok(Raw {
-        method: "wal-archiver service",
+    let raw = Raw {
+        contender,
         wall,
         output_bytes,
         cpu_secs,
         peak_rss,
         ack,
         archived,
-    })
+        s3_requests,
+    };
+    Ok((raw, server))
 }
 
 /// A `wal-archiver serve` child on a free loopback port.
@@ -207,6 +254,15 @@ pub(super) struct ServerProcess {
 
 impl ServerProcess {
     pub(super) fn start(data_dir: &Path) -> Result<Self, BenchError> {
+        Self::start_with(data_dir, &[], &[])
+    }
+
+    /// With extra `serve` flags and environment variables.
+    pub(super) fn start_with(
+        data_dir: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Result<Self, BenchError> {
         use std::io::BufRead;
         let exe = std::env::current_exe().map_err(io("finding the wal-archiver binary"))?;
         let mut child = Command::new(exe)
@@ -219,6 +275,8 @@ impl ServerProcess {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -238,6 +296,8 @@ impl ServerProcess {
                     }
                 }
                 _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
                     return Err(BenchError::Failed(
                         "the server exited before listening".into(),
                     ));
@@ -251,7 +311,7 @@ impl ServerProcess {
         })
     }
 
-    fn cpu_secs(&self) -> Result<f64, BenchError> {
+    pub(super) fn cpu_secs(&self) -> Result<f64, BenchError> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
             .map_err(io("reading server CPU time"))?;
         // Fields after the command name (which may hold spaces) start at ')'.
@@ -271,8 +331,10 @@ impl ServerProcess {
         Ok((ticks(11) + ticks(12)) / clock_ticks())
     }
 
+    /// The server's own high-water mark so far (its memory since its exec,
+    /// not the bench's: `VmHWM`, unlike a child's `ru_maxrss`).
     fn peak_rss(&self) -> Result<u64, BenchError> {
-        proc_status_kib(self.child.id(), "VmHWM:").map(|kib| kib * 1024)
+        vm_hwm(self.child.id())
     }
 }
 
@@ -284,67 +346,21 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Runs a child to completion; returns wall time, its CPU seconds and peak RSS.
-fn run_child(what: &str, mut command: Command) -> Result<(Duration, f64, u64), BenchError> {
-    let started = Instant::now();
-    let child = command
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(io(format!("starting {what}")))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child, with valid out-pointers; it reaps the child.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed();
-    std::mem::forget(child);
-    if reaped != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(BenchError::Failed(format!(
-            "{what} failed (wait status {status})"
-        )));
-    }
-    let cpu = timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime);
-    Ok((wall, cpu, usage.ru_maxrss as u64 * 1024))
-}
-
-fn timeval_secs(tv: libc::timeval) -> f64 {
-    tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
-}
-
-fn children_cpu_secs() -> f64 {
-    rusage_secs(libc::RUSAGE_CHILDREN)
-}
-
-fn self_cpu_secs() -> f64 {
-    rusage_secs(libc::RUSAGE_SELF)
-}
-
-fn rusage_secs(who: libc::c_int) -> f64 {
-    // SAFETY: getrusage fills a valid rusage.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(who, &mut usage) };
-    timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime)
-}
-
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Result<u64, BenchError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(io("reading /proc status"))?;
-    status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .ok_or_else(|| BenchError::Failed(format!("no {field} in /proc/{pid}/status")))
+impl Contender {
+    /// The method column: the baseline says what it does for opaque WAL.
+    pub(super) fn label(self, kind: ContentKind) -> &'static str {
+        match (self, kind) {
+            (Contender::Baseline, ContentKind::JsonLines) => "in-database baseline",
+            (Contender::Baseline, ContentKind::Raw) => "in-database baseline (read, zstd, fsync)",
+            (Contender::ZstdCli, _) => "zstd CLI",
+            (Contender::Service, _) => "wal-archiver service",
+            (Contender::ServiceS3, _) => "wal-archiver service, S3 (Garage)",
+        }
+    }
 }

@@ -253,6 +253,7 @@ pub struct BenchArgs {
     /// Generated WAL, outputs and the server's data dir go here (reused across runs).
     #[arg(long, default_value = "bench-work")]
     pub work_dir: PathBuf,
+    /// Segments of each small workload (raw and JSON lines).
     #[arg(long, default_value_t = 10)]
     pub segments: u64,
     /// MiB per segment.
@@ -261,7 +262,7 @@ pub struct BenchArgs {
     /// MiB of the single large segment; 0 skips it.
     #[arg(long, default_value_t = 1024)]
     pub big_mib: usize,
-    /// Shard counts to run the segments with, each pushing every segment.
+    /// Shard counts to run the JSON-lines segments with, each pushing every segment.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub shards: Vec<usize>,
     #[arg(long, default_value_t = 3)]
@@ -269,13 +270,25 @@ pub struct BenchArgs {
     /// Segments a shard streams to the service at once.
     #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
+    /// Real PostgreSQL WAL segments (*.zst) the raw workload is cut from.
+    #[arg(long, default_value = "tests/data/postgres-wal")]
+    pub corpus: PathBuf,
+    /// Runs of each small-segment restore, reported by their median.
+    #[arg(long, default_value_t = 5)]
+    pub restore_runs: usize,
+    /// Also run every service workload against a Garage (S3) started with --garage-script.
+    #[arg(long)]
+    pub s3: bool,
+    /// Starts and stops the Garage of --s3 (`start DIR` prints its environment).
+    #[arg(long, default_value = "../shared/tools/garage-dev.sh")]
+    pub garage_script: PathBuf,
     /// Markdown file whose results block is replaced (analysis around it is kept).
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
     /// SVG chart of the throughputs.
     #[arg(long, default_value = "docs/benchmark.svg")]
     pub chart: PathBuf,
-    /// A small run (4 × 1 MiB, 1 and 4 shards, one 16 MiB segment) that writes no files.
+    /// A small run (4 × 1 MiB raw and JSON, 1 and 4 shards, one 16 MiB segment) that writes no files.
     #[arg(long)]
     pub quick: bool,
     /// Instead: GetShard and push-ack latency with this many archived jobs on one shard, against an empty database.

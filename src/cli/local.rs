@@ -70,6 +70,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         wal_archiver::bench::history::run(&args.work_dir, jobs, markdown).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    let s3 = args.s3.then_some(args.garage_script);
     let options = if args.quick {
         BenchOptions {
             work_dir: args.work_dir,
@@ -79,6 +80,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             shard_counts: vec![1, 4],
             level: args.level,
             concurrency: args.concurrency,
+            corpus: args.corpus,
+            restore_runs: 3,
+            s3,
             markdown: None,
             chart: None,
         }
@@ -91,6 +95,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             shard_counts: args.shards,
             level: args.level,
             concurrency: args.concurrency,
+            corpus: args.corpus,
+            restore_runs: args.restore_runs,
+            s3,
             markdown: Some(args.out),
             chart: Some(args.chart),
         }
