@@ -6,6 +6,7 @@
 //! skips the metadata and yields the original bytes. See docs/ARCHIVE_FORMAT.md.
 
 mod format;
+mod hashing;
 mod jsonl;
 mod reader;
 mod writer;

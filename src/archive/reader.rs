@@ -13,10 +13,9 @@
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
-use sha2::{Digest as _, Sha256};
-
 use super::ArchiveError;
 use super::format::{self, ArchiveFooter, ArchiveHeader, ArchiveMetadata};
+use super::hashing::SegmentHasher;
 use crate::types::{Digest, LogId, ShardId};
 
 /// What an archive must hold, from the job that recorded it: an archive
@@ -37,7 +36,7 @@ pub struct ArchiveReader<R: Read> {
     size: Option<u64>,
     digest: Option<Digest>,
     decoder: Option<zstd::stream::read::Decoder<'static, Consumed<BufReader<R>>>>,
-    hasher: Sha256,
+    hasher: SegmentHasher,
     produced: u64,
     verified: bool,
 }
@@ -92,7 +91,7 @@ impl<R: Read> ArchiveReader<R> {
             header_len,
             footer: None,
             decoder: Some(decoder),
-            hasher: Sha256::new(),
+            hasher: SegmentHasher::inline(),
             produced: 0,
             verified: false,
         })
@@ -125,6 +124,15 @@ impl<R: Read> ArchiveReader<R> {
         self.size = Some(expected.size);
         self.digest = Some(expected.sha256);
         Ok(self)
+    }
+
+    /// Hashes on a thread beside the decoder, so the two overlap: for a
+    /// reader that streams a whole segment out (restore).
+    pub fn hash_beside(mut self) -> Self {
+        if self.produced == 0 {
+            self.hasher = SegmentHasher::threaded();
+        }
+        self
     }
 
     pub fn header(&self) -> &ArchiveHeader {
@@ -225,7 +233,9 @@ impl<R: Read> ArchiveReader<R> {
             .parse()
             .map_err(ArchiveError::CorruptMetadata)?;
         let expected = self.digest.unwrap_or(footer_digest);
-        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
+        let actual = std::mem::replace(&mut self.hasher, SegmentHasher::inline())
+            .finish()
+            .ok_or_else(|| std::io::Error::other("the hashing thread failed"))?;
         if actual != expected || footer_digest != expected {
             return Err(ArchiveError::DigestMismatch {
                 expected: expected.to_hex(),

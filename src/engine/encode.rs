@@ -164,13 +164,16 @@ pub(super) fn encode(
         size: proof.size,
         sha256: proof.sha256,
     };
-    match written.sink.commit(&meta) {
+    let raced = match written.sink.commit(&meta) {
+        Ok(()) => false,
         // A create-only write lost a race: fine if the winner holds the same bytes.
-        Ok(()) | Err(StoreError::Exists { .. }) => {}
+        Err(StoreError::Exists { .. }) => true,
         Err(e) => return Err(EngineError::from(e).into()),
+    };
+    if raced || store.shared() {
+        // Whoever wrote last under this key must have written this segment.
+        standing(store, key, proof.sha256)?;
     }
-    // Whoever wrote last under this key must have written this segment.
-    standing(store, key, proof.sha256)?;
     Ok(Written {
         archive_size: written.archive_size,
         json,

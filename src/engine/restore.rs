@@ -47,7 +47,9 @@ impl Restorer {
             .try_acquire_owned()
             .map_err(|_| EngineError::TooManyRestores { limit: self.limit })?;
         let (db, store) = (self.db.clone(), self.store.clone());
-        let reader = blocking(move || open_verified(&db, store.as_ref(), shard_id, log_id)).await?;
+        let reader = blocking(move || open_verified(&db, store.as_ref(), shard_id, log_id))
+            .await?
+            .hash_beside();
         let (tx, rx) = mpsc::channel(AHEAD);
         let (chunk_size, idle, runtime) = (self.chunk_size, self.idle, Handle::current());
         tokio::task::spawn_blocking(move || {

@@ -143,6 +143,11 @@ impl ArchiveStore for LocalStore {
     fn location(&self, key: ArchiveKey) -> String {
         self.path(key).display().to_string()
     }
+
+    fn shared(&self) -> bool {
+        // The data dir lock makes this server its only writer.
+        false
+    }
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {

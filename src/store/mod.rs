@@ -150,4 +150,7 @@ pub trait ArchiveStore: Send + Sync + 'static {
     fn clean_up(&self) -> Result<usize, StoreError>;
     /// Human-readable location, for logs and the CLI.
     fn location(&self, key: ArchiveKey) -> String;
+    /// Whether anyone but this server may write under its keys (replicas on
+    /// one bucket): then a committed write is checked to be the last one.
+    fn shared(&self) -> bool;
 }

@@ -339,6 +339,10 @@ impl ArchiveStore for S3Store {
     fn location(&self, key: ArchiveKey) -> String {
         format!("s3://{}/{}", self.client.bucket, self.key(key))
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
