@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::EngineError;
+use super::crash_point::{self, CrashPoint};
 use super::encode::{self, SpoolFile, Stop, Target, Written};
 use super::events::Events;
 use super::pipeline::Streams;
@@ -110,7 +111,12 @@ impl Compressor {
                     // Put off: the spool stays for the next try.
                     JobState::Queued if put_off => self.schedule_retry(task, job.attempts),
                     JobState::Queued => {}
-                    _ => self.remove_spool(id),
+                    _ => {
+                        if job.state == JobState::Archived {
+                            crash_point::reached(CrashPoint::Archived);
+                        }
+                        self.remove_spool(id)
+                    }
                 }
                 self.events.emit(&job);
             }

@@ -6,6 +6,7 @@
 use std::io::Read;
 
 use super::EngineError;
+use super::crash_point::{self, CrashPoint};
 use crate::archive::{
     ArchiveError, ArchiveHeader, ArchiveReader, ArchiveWriter, FORMAT_VERSION,
     FORMAT_WITH_DIGEST_UP_FRONT, JsonLinesChecker,
@@ -148,6 +149,7 @@ pub(super) fn encode(
             checker.feed(&buf[..n]).map_err(EngineError::from)?;
         }
         writer.write_all(&buf[..n]).map_err(spool_damaged)?;
+        crash_point::reached(CrashPoint::Compressing);
         task.stop.progressed();
     }
     let proof = source.proof()?;
@@ -165,7 +167,10 @@ pub(super) fn encode(
         sha256: proof.sha256,
     };
     let raced = match written.sink.commit(&meta) {
-        Ok(()) => false,
+        Ok(()) => {
+            crash_point::reached(CrashPoint::Committed);
+            false
+        }
         // A create-only write lost a race: fine if the winner holds the same bytes.
         Err(StoreError::Exists { .. }) => true,
         Err(e) => return Err(EngineError::from(e).into()),

@@ -16,6 +16,7 @@
 //!   what a start does with what the last run left; `gauges`: metrics.
 
 mod compress;
+mod crash_point;
 mod disk;
 mod early;
 mod encode;
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::Semaphore;
 
+pub use crash_point::CRASH_AT_VARIABLE;
 pub use error::EngineError;
 pub use gauges::Gauges;
 pub use ingest::{Accepted, Begin, Upload};

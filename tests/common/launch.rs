@@ -29,6 +29,14 @@ impl Server {
         server._dir = Some(dir);
         server
     }
+
+    /// Replaces the variables `start_with_env` added, from the next `restart` on.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
 }
 
 /// A `wal-archiver serve` process that was only spawned: it may still be

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{Accepted, Holds, Intake, QueuePlace, known_or_conflict, too_large};
+use crate::engine::crash_point::{self, CrashPoint};
 use crate::engine::pipeline::{Feed, Handoff};
 use crate::engine::{EngineError, blocking};
 use crate::error::IoError;
@@ -151,6 +152,7 @@ impl Upload {
         match joined {
             Ok((sink, Ok(()))) => {
                 self.sink = Some(sink);
+                crash_point::reached(CrashPoint::Receiving);
                 if let Some(feed) = &self.feed {
                     feed.wrote(self.received);
                 }
