@@ -42,9 +42,18 @@ const WORKLOAD: [(u32, u64, AckLevel); 6] = [
     (2, 3, AckLevel::Archived),
 ];
 
-/// One compression worker, and no free-space floor (lossyfs reports plenty,
-/// but the floor is not what this test is about).
-const SERVER_ARGS: [&str; 4] = ["--archive-parallelism", "1", "--min-free-bytes", "0"];
+/// One compression worker, spool first (compressing while receiving runs the
+/// worker beside the upload, so their fsyncs would interleave differently from
+/// run to run and op N would not be the same op each time), and no free-space
+/// floor (lossyfs reports plenty, but the floor is not what this test is about).
+const SERVER_ARGS: [&str; 6] = [
+    "--archive-parallelism",
+    "1",
+    "--compress-while-receiving",
+    "false",
+    "--min-free-bytes",
+    "0",
+];
 
 /// Bounds of every wait (safety nets, not timing assertions).
 const START_LIMIT: Duration = Duration::from_secs(60);
