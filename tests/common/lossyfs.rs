@@ -67,7 +67,7 @@ impl LossyFs {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powerloss/lossyfs.py");
         let python = python();
         let stderr = log.with_extension("stderr");
-        let mut command = Command::new(&python);
+        let mut command = Command::new(python);
         command
             .arg(&script)
             .arg(backing)
