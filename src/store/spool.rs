@@ -18,6 +18,11 @@ impl Spool {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(IoError::with(format!("creating {}", dir.display())))?;
+        // The directory's own entry must be durable too, or a power cut loses
+        // every spool file in it, fsynced or not (tests/powerloss.rs).
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(IoError::with(format!("syncing {}", parent.display())))?;
+        }
         Ok(Spool { dir })
     }
 

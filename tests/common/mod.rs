@@ -30,6 +30,7 @@ pub mod calls;
 pub mod disk;
 pub mod garage;
 pub mod launch;
+pub mod lossyfs;
 pub mod storage;
 
 pub use storage::{Backend, S3Target};
