@@ -1,126 +1,160 @@
-//! A database flush path that hands its closed WAL segments to wal-archiver
-//! without ever waiting for compression.
+//! A database flush path on `client::FlushPath`: closed WAL segments are handed
+//! off without waiting (not even for the network), followed to ARCHIVED,
+//! pushed again when they fail for a reason that passes, reported when they
+//! cannot be archived, and deleted only at or below the shard's watermark as
+//! the server reports it.
 //!
-//! The flush path only does `try_send` on a bounded channel: it never blocks.
-//! An archiver task pushes each closed segment with ack QUEUED (the reply comes
-//! once the bytes are durable in the service's spool, not after compression);
-//! a cleaner task deletes local WAL only at or below the shard's archived
-//! watermark. A segment that did not fit in the channel stays on disk and is
-//! picked up by the next directory sweep.
+//! With `--wal-dir`, it watches a real WAL directory: every `wal-<id>.log`
+//! below the newest (the one still being written) is closed and handed off;
+//! Ctrl-C stops it and lists what was not archived yet. Without, it plays the
+//! database itself, writing segments into a temporary directory.
 //!
 //! Run a server (`wal-archiver serve`), then:
-//! `cargo run --example flush_worker -- [http://127.0.0.1:50051]`
+//! `cargo run --example flush_worker -- [--server URL] [--shard N] [--wal-dir DIR]
+//!  [--token T | WAL_ARCHIVER_TOKEN] [--ca PEM] [--cert PEM --key PEM]`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use wal_archiver::client::{Client, PushOptions};
+use clap::Parser;
+use wal_archiver::client::{
+    Client, Connection, DEFAULT_SERVER, FlushEvent, FlushOptions, FlushPath,
+};
 use wal_archiver::types::{ContentKind, LogId};
 use wal_archiver::walgen::EventGenerator;
 
-const SHARD: u32 = 1;
-const SEGMENTS: u64 = 20;
-const SEGMENT_SIZE: usize = 1 << 20;
+#[derive(Parser)]
+struct Args {
+    /// Server URL (https:// for TLS).
+    #[arg(long, env = "WAL_ARCHIVER_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    #[arg(long, default_value_t = 1)]
+    shard: u32,
+    /// WAL directory to watch; without it, a demo writes segments itself.
+    #[arg(long)]
+    wal_dir: Option<PathBuf>,
+    /// Seconds between scans of the WAL directory.
+    #[arg(long, default_value_t = 2)]
+    scan_interval: u64,
+    /// Keep WAL files after they are archived.
+    #[arg(long)]
+    keep: bool,
+    /// Bearer token, when the server has a tokens file.
+    #[arg(long, env = "WAL_ARCHIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA of the server's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// PEM client certificate, when the server verifies clients.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+const DEMO_SEGMENTS: u64 = 20;
+const DEMO_SEGMENT_SIZE: usize = 1 << 20;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let server = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
-    let client = Client::connect(&server).await?;
-    let wal_dir = tempfile::tempdir()?;
-    let (closed_tx, closed_rx) = mpsc::channel::<(LogId, PathBuf)>(8);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let connection = Connection {
+        url: args.server.clone(),
+        ca: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        token: args.token.clone(),
+    };
+    let (wal_dir, demo) = match &args.wal_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::tempdir()?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    };
+    let options = FlushOptions {
+        kind: ContentKind::JsonLines,
+        delete_archived: !args.keep,
+        on_event: Some(Arc::new(print_event)),
+        ..FlushOptions::default()
+    };
+    let flush = FlushPath::connect(&connection, args.shard, &wal_dir, options).await?;
 
-    let archiver = tokio::spawn(archive_closed_segments(client.clone(), closed_rx));
-    let cleaner = tokio::spawn(delete_archived(
-        client.clone(),
-        wal_dir.path().to_owned(),
-        SEGMENTS,
-    ));
+    if demo.is_some() {
+        write_demo_segments(&flush).await?;
+    } else {
+        let mut scan = tokio::time::interval(Duration::from_secs(args.scan_interval.max(1)));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = scan.tick() => {
+                    // The newest segment is still being written.
+                    let newest = Client::wal_files(&wal_dir, LogId::MAX)?.last().map(|(id, _)| *id);
+                    if let Some(newest) = newest {
+                        flush.hand_off_dir(newest)?;
+                    }
+                }
+            }
+        }
+    }
+    println!("stats: {:?}", flush.stats());
+    for (log_id, path) in flush.shutdown().await {
+        println!("not archived yet: wal-{log_id}.log ({})", path.display());
+    }
+    Ok(())
+}
 
-    // The database: write a segment, close it, tell the archiver, go on.
+/// The database: write a segment, close it, hand it off, go on; then wait
+/// (at most a minute) for the flush path to settle them all.
+async fn write_demo_segments(flush: &FlushPath) -> anyhow::Result<()> {
     let mut events = EventGenerator::new(7);
     let first_log_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         * 1000;
-    for n in 0..SEGMENTS {
+    for n in 0..DEMO_SEGMENTS {
         let log_id = first_log_id + n;
-        let path = wal_dir.path().join(format!("wal-{log_id}.log"));
-        std::fs::write(&path, events.segment(SEGMENT_SIZE))?;
+        let path = flush.wal_dir().join(format!("wal-{log_id}.log"));
+        std::fs::write(&path, events.segment(DEMO_SEGMENT_SIZE))?;
         let started = std::time::Instant::now();
-        if closed_tx.try_send((log_id, path)).is_err() {
-            println!("flush: archiver busy, wal-{log_id}.log waits on disk for the next sweep");
-        }
+        flush.hand_off(log_id, path)?;
         println!(
             "flush: closed wal-{log_id}.log, handed off in {:?}",
             started.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(closed_tx);
-    archiver.await??;
-    // Sweep what the channel could not take: everything below the next log id.
-    let options = PushOptions {
-        kind: ContentKind::JsonLines,
-        ..PushOptions::default()
-    };
-    let dir_options = wal_archiver::client::DirOptions::default();
-    client
-        .push_wal_dir(
-            SHARD,
-            wal_dir.path(),
-            first_log_id + SEGMENTS,
-            &options,
-            dir_options,
-        )
-        .await?;
-    cleaner.await??;
-    println!("all {SEGMENTS} segments archived and deleted locally");
-    Ok(())
-}
-
-async fn archive_closed_segments(
-    client: Client,
-    mut closed: mpsc::Receiver<(LogId, PathBuf)>,
-) -> anyhow::Result<()> {
-    let options = PushOptions {
-        kind: ContentKind::JsonLines,
-        ..PushOptions::default()
-    };
-    while let Some((log_id, path)) = closed.recv().await {
-        let pushed = client.push_file(SHARD, log_id, &path, &options).await?;
-        println!(
-            "archiver: wal-{log_id}.log acknowledged {} as job {}",
-            pushed.job.state, pushed.job.id
-        );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let stats = flush.stats();
+        if stats.pending == 0 && stats.deleted + stats.held == DEMO_SEGMENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
 }
 
-/// Deletes local segments at or below the watermark, until `total` are gone.
-async fn delete_archived(client: Client, wal_dir: PathBuf, total: u64) -> anyhow::Result<()> {
-    let mut deleted = 0;
-    while deleted < total {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(watermark) = client
-            .shard(SHARD)
-            .await
-            .ok()
-            .and_then(|s| s.archived_watermark)
-        else {
-            continue;
-        };
-        for (log_id, path) in Client::wal_files(&wal_dir, watermark.saturating_add(1))? {
-            remove(&path)?;
-            deleted += 1;
-            println!("cleaner: watermark {watermark}, deleted wal-{log_id}.log");
+fn print_event(event: &FlushEvent) {
+    match event {
+        FlushEvent::Archived { log_id, job_id } => {
+            println!("archiver: wal-{log_id}.log ARCHIVED (job {job_id})")
+        }
+        FlushEvent::Retrying {
+            log_id,
+            reason,
+            attempt,
+        } => println!("archiver: wal-{log_id}.log retry {attempt}: {reason}"),
+        FlushEvent::Permanent { log_id, reason } => {
+            println!("archiver: wal-{log_id}.log CANNOT BE ARCHIVED, kept on disk: {reason}")
+        }
+        FlushEvent::Deleted { log_id, .. } => {
+            println!("cleaner: wal-{log_id}.log deleted (at or below the watermark)")
         }
     }
-    Ok(())
-}
-
-fn remove(path: &Path) -> std::io::Result<()> {
-    std::fs::remove_file(path)
 }

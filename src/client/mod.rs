@@ -5,11 +5,15 @@
 //! ABORTED. It speaks domain types; protobuf stays inside.
 //!
 //! A WAL file is only ever deleted here after its job is ARCHIVED.
+//! `FlushPath` is the flush path a database embeds: hand-offs that never wait,
+//! jobs followed to ARCHIVED, retries, and deletion below the watermark.
 
+mod flush;
 mod push;
 mod restore;
 mod router;
 
+pub use flush::{EventHandler, FlushError, FlushEvent, FlushOptions, FlushPath, FlushStats};
 pub use push::{
     DEFAULT_CHUNK_SIZE, DirOptions, DirReport, Progress, PushOptions, Pushed, parse_wal_name,
 };
