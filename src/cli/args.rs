@@ -182,8 +182,9 @@ pub struct ClientArgs {
 #[derive(Args)]
 #[command(
     after_help = "Each --flag sets the config key of the same name (dashes for underscores); \
-values come from defaults, then --config FILE, then WAL_ARCHIVER_<KEY> variables, then flags. \
-See the configuration table in README.md."
+values come from defaults, then --config FILE, then WAL_ARCHIVER_<KEY> variables, then flags; an unknown \
+WAL_ARCHIVER_* variable is refused. Sizes take units (64KiB, 512MiB, 1GiB) and durations too (30s, 5m, 250ms). \
+`wal-archiver config check` prints what serve would run with. See the configuration table in README.md."
 )]
 pub struct ServeArgs {
     /// TOML config file.
