@@ -23,6 +23,7 @@ pub mod queue;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod types;
 pub mod walgen;
 

@@ -291,8 +291,8 @@ impl ServerProcess {
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
-                    if let Some(addr) = line.strip_prefix("wal-archiver listening on ") {
-                        break addr.to_owned();
+                    if let Some(addr) = crate::service::listening_address(&line) {
+                        break addr.to_string();
                     }
                 }
                 _ => {

@@ -23,6 +23,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the archiving service.
     Serve(Box<ServeArgs>),
+    /// Work with the server's configuration without starting it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Rebuild missing ARCHIVED jobs from the archive store (a lost jobs database; the server must be stopped). Takes serve's configuration.
     Reindex(Box<ServeArgs>),
     /// Push one segment file, or every wal-<id>.log of a directory below --up-to.
@@ -134,6 +139,24 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration serve would run with (no secrets) and check it: exits 1 naming every problem.
+    Check(Box<ConfigCheckArgs>),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Reads the configuration as serve does: FILE, then WAL_ARCHIVER_<KEY> variables, then flags. \
+Also checks that the tokens file, the TLS files and the S3 key files can be used."
+)]
+pub struct ConfigCheckArgs {
+    /// TOML config file (serve's --config).
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
 #[derive(Args)]
 pub struct ClientArgs {
     /// Server URL.
@@ -146,21 +169,22 @@ pub struct ClientArgs {
     #[arg(long, env = "WAL_ARCHIVER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM CA of the server's certificate (TLS; use an https:// URL).
-    #[arg(long)]
+    #[arg(long, env = "WAL_ARCHIVER_CA")]
     pub ca: Option<PathBuf>,
     /// PEM client certificate, when the server verifies clients.
-    #[arg(long, requires = "key")]
+    #[arg(long, env = "WAL_ARCHIVER_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
     /// PEM key of the client certificate.
-    #[arg(long, requires = "cert")]
+    #[arg(long, env = "WAL_ARCHIVER_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
 }
 
 #[derive(Args)]
 #[command(
     after_help = "Each --flag sets the config key of the same name (dashes for underscores); \
-values come from defaults, then --config FILE, then WAL_ARCHIVER_<KEY> variables, then flags. \
-See the configuration table in README.md."
+values come from defaults, then --config FILE, then WAL_ARCHIVER_<KEY> variables, then flags; an unknown \
+WAL_ARCHIVER_* variable is refused. Sizes take units (64KiB, 512MiB, 1GiB) and durations too (30s, 5m, 250ms). \
+`wal-archiver config check` prints what serve would run with. See the configuration table in README.md."
 )]
 pub struct ServeArgs {
     /// TOML config file.
@@ -298,17 +322,24 @@ pub struct BenchArgs {
 
 #[derive(Args)]
 pub struct ListArgs {
+    /// Only this shard's jobs.
     #[arg(long)]
     pub shard: Option<u32>,
-    #[arg(long, value_parser = parse_state)]
+    /// Only jobs in this state.
+    #[arg(long, value_parser = state_parser(), ignore_case = true)]
     pub state: Option<JobState>,
+    /// Only jobs with a log_id at least this.
     #[arg(long)]
     pub log_id_min: Option<u64>,
+    /// Only jobs with a log_id at most this.
     #[arg(long)]
     pub log_id_max: Option<u64>,
-    /// At most this many jobs (all pages are fetched up to it).
+    /// At most this many jobs (all pages are fetched up to it); a note on stderr says when more match.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    /// Every matching job, however many.
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -317,6 +348,9 @@ pub fn parse_kind(text: &str) -> Result<ContentKind, String> {
     text.parse()
 }
 
-pub fn parse_state(text: &str) -> Result<JobState, String> {
-    text.parse()
+/// Job states as `--state` takes them (in any case), listed by `--help`.
+fn state_parser() -> impl clap::builder::TypedValueParser<Value = JobState> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(JobState::ALL.map(JobState::as_str))
+        .map(|name| name.parse::<JobState>().expect("a listed state"))
 }

@@ -4,6 +4,7 @@
 //! formats what they print.
 
 mod args;
+mod config;
 mod health;
 mod local;
 mod output;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command};
+use args::{Cli, Command, ConfigCommand};
 use wal_archiver::client::ClientError;
 
 pub fn main() -> ExitCode {
@@ -60,6 +61,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve::serve(*args).await,
         Command::Reindex(args) => serve::reindex(*args).await,
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => config::check(*args),
         Command::Push(args) => remote::push(args).await,
         Command::Status { job, client } => remote::status(job, &client).await,
         Command::List(args) => remote::list(args).await,

@@ -92,14 +92,28 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         after: None,
         limit: 0,
     };
-    while jobs.len() < args.limit {
-        filter.limit = args.limit - jobs.len();
+    let limit = if args.all { usize::MAX } else { args.limit };
+    let mut more = false;
+    while jobs.len() < limit {
+        filter.limit = limit - jobs.len();
         let (page, next) = client.list(&filter).await?;
         jobs.extend(page);
         match next {
             Some(next) => filter.after = Some(next),
             None => break,
         }
+        if jobs.len() == limit {
+            // A full last page: ask for one more to know whether it was cut.
+            filter.limit = 1;
+            more = !client.list(&filter).await?.0.is_empty();
+        }
+    }
+    if more {
+        // On stderr, so --json output stays one document.
+        eprintln!(
+            "note: the first {} jobs shown; more match (--limit N for more, --all for every one)",
+            jobs.len()
+        );
     }
     if args.client.json {
         println!("{}", serde_json::to_string(&jobs)?);

@@ -1,6 +1,7 @@
 //! `wal-archiver serve`: load the configuration, set up logging and signals,
 //! and run the service until SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,7 +13,11 @@ use wal_archiver::config::{Config, LogFormat};
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref(), std::env::vars(), &args.flags)?;
     init_tracing(config.log_format);
-    // Install the handlers now, not when the future is first polled: a
+    tracing::info!(
+        config = %serde_json::to_string(&config.redacted())?,
+        "effective configuration (secrets are not in it: tokens and S3 keys stay in their files)"
+    );
+    let log_format = config.log_format; // Install the handlers now, not when the future is first polled: a
     // signal that arrives before then would kill the process outright
     // instead of draining it (SIGHUP's default action is to die, too).
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
@@ -39,7 +44,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     wal_archiver::service::serve(config, shutdown, |addr| {
         // Scripts and tests read this line to learn the port (useful with port 0).
-        println!("wal-archiver listening on {addr}");
+        println!(
+            "{}",
+            wal_archiver::service::listening_line(addr, log_format)
+        );
     })
     .await?;
     Ok(ExitCode::SUCCESS)
@@ -80,8 +88,11 @@ async fn log_hangups(mut hangup: Signal, has_tokens: bool) {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a file or a pipe.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -19,7 +19,7 @@ pub use push::{
 };
 pub use router::Router;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -397,15 +397,18 @@ impl Client {
 }
 
 fn tls_config(connection: &Connection) -> Result<ClientTlsConfig, ClientError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(ClientError::io(format!("reading {}", path.display())))
-    };
+    let invalid = |e: crate::tls::TlsFileError| ClientError::Invalid(format!("TLS: {e}"));
     let mut tls = ClientTlsConfig::new();
     if let Some(ca) = &connection.ca {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        tls = tls.ca_certificate(Certificate::from_pem(
+            crate::tls::read_certificates(ca).map_err(invalid)?,
+        ));
     }
     match (&connection.cert, &connection.key) {
-        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        (Some(cert), Some(key)) => {
+            let (cert_pem, key_pem) = crate::tls::read_identity(cert, key).map_err(invalid)?;
+            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+        }
         (None, None) => {}
         _ => return Err(ClientError::Invalid("--cert and --key go together".into())),
     }

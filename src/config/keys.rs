@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 macro_rules! config_keys {
     ($(
         $(#[doc = $doc:literal])*
-        $name:ident : $ty:ty = $default:expr $(, switch = $switch:literal)? ;
+        $name:ident : $ty:ty = $default:expr $(, switch = $switch:literal)? $(, unit = $unit:ident)? ;
     )*) => {
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
         #[serde(default, deny_unknown_fields)]
@@ -46,6 +46,10 @@ macro_rules! config_keys {
 
         /// Every key, in declaration order.
         pub const KEYS: &[&str] = &[$(stringify!($name)),*];
+
+        /// The keys whose text may carry a unit (`1GiB`, `30s`), with the
+        /// unit their number is kept in.
+        pub const UNITS: &[(&str, Unit)] = &[$($((stringify!($name), Unit::$unit),)?)*];
     };
 }
 
@@ -61,25 +65,25 @@ config_keys! {
     /// zstd level used when a push does not ask for one.
     compression_level: i32 = 3;
     /// Largest segment accepted, in bytes.
-    max_segment_size: u64 = 4 << 30;
+    max_segment_size: u64 = 4 << 30, unit = Bytes;
     /// Largest data chunk in one request message (and restore chunk size), in bytes.
-    max_chunk_size: usize = 1 << 20;
+    max_chunk_size: usize = 1 << 20, unit = Bytes;
     /// Pushes are refused while the data dir has less free space than this plus the declared segment size, in bytes.
-    min_free_bytes: u64 = 256 << 20;
+    min_free_bytes: u64 = 256 << 20, unit = Bytes;
     /// Segments being received at once, over all shards; more get RESOURCE_EXHAUSTED.
     max_concurrent_uploads: usize = 256;
     /// Longest line of a JSON-lines segment, in bytes.
-    max_json_line_size: usize = 16 << 20;
+    max_json_line_size: usize = 16 << 20, unit = Bytes;
     /// Seconds running compressions get to finish after SIGTERM/SIGINT.
-    shutdown_grace: u64 = 30;
+    shutdown_grace: u64 = 30, unit = Seconds;
     /// Seconds an Archive stream may send nothing (header included) before it is cut and its job FAILED; also how long a Restore or Watch reader may read nothing.
-    receive_idle_timeout: u64 = 60;
+    receive_idle_timeout: u64 = 60, unit = Seconds;
     /// Seconds between HTTP/2 keepalive pings (and the TCP keepalive interval), so a dead peer is noticed; 0 turns them off.
-    keepalive_interval: u64 = 30;
+    keepalive_interval: u64 = 30, unit = Seconds;
     /// Seconds a compression may make no progress before it is reported stalled and put off to be tried again.
-    stall_timeout: u64 = 300;
+    stall_timeout: u64 = 300, unit = Seconds;
     /// Longest wait, in seconds, between tries of a job put off by a failure that passes (a full disk, the object store down).
-    retry_max_backoff: u64 = 60;
+    retry_max_backoff: u64 = 60, unit = Seconds;
     /// Restores streamed at once; more get RESOURCE_EXHAUSTED. 0 means four per core.
     max_concurrent_restores: usize = 0;
     /// WatchJob streams open at once; more get RESOURCE_EXHAUSTED.
@@ -91,9 +95,9 @@ config_keys! {
     /// Highest zstd level a push may ask for; higher levels are refused (they cost minutes and hundreds of MiB per segment).
     max_zstd_level: i32 = 19;
     /// Segments up to this size also have a worker of their own, so they never wait behind large or slow ones, in bytes; 0 turns the small lane off.
-    small_job_size: u64 = 16 << 20;
+    small_job_size: u64 = 16 << 20, unit = Bytes;
     /// A segment at least this big that is the only work is compressed on zstd's own threads, in bytes; 0 turns this off.
-    multithread_min_size: u64 = 32 << 20;
+    multithread_min_size: u64 = 32 << 20, unit = Bytes;
     /// An upload that finds a worker idle and no job waiting is compressed while it arrives, not after; false always spools first.
     compress_while_receiving: bool = true;
     /// CPU priority (nice, 0-19) of the compression threads, so receiving and acknowledging goes first.
@@ -115,7 +119,7 @@ config_keys! {
     /// Keep at least the newest this many archives per shard; 0 turns the count rule off.
     retain_count: u64 = 0;
     /// Seconds between retention passes.
-    retention_interval: u64 = 3600;
+    retention_interval: u64 = 3600, unit = Seconds;
     /// Prometheus metrics over HTTP on this address (/metrics); unset means off.
     metrics_listen: Option<SocketAddr> = None;
     /// Per-shard metric series (watermark, queue depth, failed segments, oldest unarchived age, last archive time): about five series per shard; false keeps only the totals, for fleets of many thousands of shards.
@@ -123,7 +127,7 @@ config_keys! {
     /// Plaintext gRPC serving only grpc.health.v1 on this address (for kubelet probes when the main port uses TLS); unset means off.
     health_listen: Option<SocketAddr> = None;
     /// Milliseconds a unary call may take before DEADLINE_EXCEEDED; streams are not cut.
-    unary_timeout_ms: u64 = 30_000;
+    unary_timeout_ms: u64 = 30_000, unit = Millis;
     /// Requests handled at once over all connections; more get RESOURCE_EXHAUSTED.
     max_concurrent_requests: usize = 1024;
     /// HTTP/2 streams one connection may have open at once.
@@ -141,11 +145,11 @@ config_keys! {
     /// Path-style S3 requests (endpoint/bucket/key), as most non-AWS stores want; false means virtual-hosted style.
     s3_path_style: bool = true, switch = "true";
     /// Archives bigger than this go up as a multipart upload in parts of this size (at least 5 MiB), in bytes.
-    s3_part_size: u64 = 8 << 20;
+    s3_part_size: u64 = 8 << 20, unit = Bytes;
     /// Parts of one multipart upload sent at once; memory per upload is about part size × (this + 1).
     s3_upload_concurrency: usize = 2;
     /// Seconds one archive-store request may go without an answer (per attempt; a stream's reads each get this).
-    storage_timeout: u64 = 60;
+    storage_timeout: u64 = 60, unit = Seconds;
     /// Times a failed archive-store request is retried, with capped exponential backoff.
     storage_retries: u32 = 5;
     /// File holding the S3 access key id (instead of AWS_ACCESS_KEY_ID).
@@ -169,6 +173,15 @@ pub enum StorageKind {
     #[default]
     Local,
     S3,
+}
+
+/// What a number of a key with a unit counts. Text with a unit is turned
+/// into this one: `1GiB` into bytes, `5m` into seconds or milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Bytes,
+    Seconds,
+    Millis,
 }
 
 /// S3 refuses parts below this size, except the last.

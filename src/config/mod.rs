@@ -6,19 +6,47 @@
 //! Every key is declared once, in `config_keys!` below: its type, default and
 //! help text make the `Config` field, its default, and its `serve --flag`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const ENV_PREFIX: &str = "WAL_ARCHIVER_";
+
+/// `WAL_ARCHIVER_*` variables that are not server keys, with who reads them.
+/// Any other `WAL_ARCHIVER_*` variable stops the server, as an unknown key in
+/// the file does: a misspelt variable must not silently do nothing. These are
+/// let through so a shell set up for the CLI, a test run or a deploy script
+/// can start a server too.
+pub const OTHER_VARIABLES: &[(&str, &str)] = &[
+    ("WAL_ARCHIVER_SERVER", "the CLI's --server"),
+    ("WAL_ARCHIVER_TOKEN", "the CLI's --token"),
+    ("WAL_ARCHIVER_CA", "the CLI's --ca"),
+    ("WAL_ARCHIVER_CERT", "the CLI's --cert"),
+    ("WAL_ARCHIVER_KEY", "the CLI's --key"),
+    (
+        "WAL_ARCHIVER_BENCH_BASELINE_KIND",
+        "wal-archiver bench, to its baseline process",
+    ),
+    ("WAL_ARCHIVER_KILL_ROUNDS", "tests/crash.rs"),
+    ("WAL_ARCHIVER_KILL_SEED", "tests/crash.rs"),
+    ("WAL_ARCHIVER_LOAD_SECS", "tests/load.rs"),
+    ("WAL_ARCHIVER_TOKENS_DIR", "deploy/compose.yaml"),
+    ("WAL_ARCHIVER_HOST_PORT", "deploy/compose.yaml"),
+    ("WAL_ARCHIVER_S3_HOST_PORT", "deploy/compose.yaml"),
+    ("WAL_ARCHIVER_IMAGE_BASE", "deploy/build-image.sh"),
+    ("WAL_ARCHIVER_BINARY", "deploy/build-image.sh"),
+];
 
 /// Declares the configuration keys. `switch` makes the flag usable without a
 /// value (`--allow-unauthenticated` means `true`).
 mod keys;
 #[cfg(test)]
 mod tests;
+mod units;
 
 use crate::types::Ownership;
 pub use keys::{
-    Config, ConfigFlags, KEYS, LogFormat, S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, StorageKind,
+    Config, ConfigFlags, KEYS, LogFormat, S3_MAX_PART_SIZE, S3_MIN_PART_SIZE, StorageKind, UNITS,
+    Unit,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +67,21 @@ pub enum ConfigError {
         source_name: String,
         message: String,
     },
+    #[error(
+        "environment variable {name} is not a configuration key{hint}: unset it, or see the \
+         configuration table in README.md"
+    )]
+    UnknownVariable { name: String, hint: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+}
+
+/// A loaded configuration and where each value that is not a default came
+/// from (`config file PATH`, `environment variable NAME`, `flag --NAME`).
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub origins: BTreeMap<&'static str, String>,
 }
 
 impl Config {
@@ -50,8 +91,19 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: &ConfigFlags,
     ) -> Result<Config, ConfigError> {
-        let mut merged = toml::Table::try_from(Config::default())
+        Config::load_explained(file, env, flags).map(|loaded| loaded.config)
+    }
+
+    /// Like `load`, keeping where each value came from.
+    pub fn load_explained(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &ConfigFlags,
+    ) -> Result<Loaded, ConfigError> {
+        let defaults = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut merged = defaults.clone();
+        let mut origins = BTreeMap::new();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
@@ -62,32 +114,79 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-            merged.extend(table);
-            into_config(merged.clone()).map_err(|message| ConfigError::Value {
-                source_name: format!("config file {}", path.display()),
-                message,
-            })?;
+            let origin = format!("config file {}", path.display());
+            for (name, value) in table {
+                let source_name = || format!("{origin}, key {name}");
+                let Some(key) = known_key(&name) else {
+                    return Err(ConfigError::Value {
+                        source_name: source_name(),
+                        message: format!("unknown key{}", did_you_mean(&name, "")),
+                    });
+                };
+                let value = match (unit_of(key), value) {
+                    (Some(unit), toml::Value::String(text)) => {
+                        with_unit(unit, &text).map_err(|message| ConfigError::Value {
+                            source_name: source_name(),
+                            message,
+                        })?
+                    }
+                    (_, value) => value,
+                };
+                // Checked alone over the defaults, so the message is this key's.
+                let mut alone = defaults.clone();
+                alone.insert(key.to_owned(), value.clone());
+                into_config(alone).map_err(|message| ConfigError::Value {
+                    source_name: source_name(),
+                    message,
+                })?;
+                merged.insert(key.to_owned(), value);
+                origins.insert(key, origin.clone());
+            }
         }
         for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase) else {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            // The client's variables (WAL_ARCHIVER_SERVER, _TOKEN) are not server keys.
-            let Some(key) = KEYS.iter().find(|known| **known == key) else {
-                continue;
+            let Some(key) = known_key(&rest.to_ascii_lowercase()) else {
+                if OTHER_VARIABLES.iter().any(|(other, _)| *other == name) {
+                    continue;
+                }
+                return Err(ConfigError::UnknownVariable {
+                    hint: did_you_mean(&rest.to_ascii_lowercase(), ENV_PREFIX),
+                    name,
+                });
             };
             set(&mut merged, key, &value, || {
                 format!("environment variable {name}={value}")
             })?;
+            origins.insert(key, format!("environment variable {name}"));
         }
         for (key, value) in flags.given() {
             let flag = format!("--{}", key.replace('_', "-"));
             set(&mut merged, key, &value, || format!("flag {flag} {value}"))?;
+            origins.insert(key, format!("flag {flag}"));
         }
         let mut config = into_config(merged).map_err(ConfigError::Invalid)?;
         config.s3_prefix = normalise_prefix(&config.s3_prefix);
-        config.validate()?;
-        Ok(config)
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::Invalid(with_origins(message, &origins)),
+            other => other,
+        })?;
+        Ok(Loaded { config, origins })
+    }
+
+    /// The configuration as a TOML table, with nothing secret in it: the
+    /// secrets themselves (tokens, S3 keys) live in the files it names, and a
+    /// password written into `s3_endpoint`'s URL is masked.
+    pub fn redacted(&self) -> toml::Table {
+        let mut table = toml::Table::try_from(self).unwrap_or_default();
+        if let Some(endpoint) = &self.s3_endpoint {
+            table.insert(
+                "s3_endpoint".into(),
+                toml::Value::String(redact_url(endpoint)),
+            );
+        }
+        table
     }
 
     /// The shards this server serves.
@@ -255,6 +354,24 @@ fn set(
     text: &str,
     source_name: impl Fn() -> String,
 ) -> Result<(), ConfigError> {
+    if let Some(unit) = unit_of(key) {
+        let value = with_unit(unit, text).map_err(|message| ConfigError::Value {
+            source_name: source_name(),
+            message,
+        })?;
+        let mut attempt = merged.clone();
+        attempt.insert(key.to_owned(), value.clone());
+        return match into_config(attempt) {
+            Ok(_) => {
+                merged.insert(key.to_owned(), value);
+                Ok(())
+            }
+            Err(message) => Err(ConfigError::Value {
+                source_name: source_name(),
+                message,
+            }),
+        };
+    }
     let trimmed = text.trim();
     let candidates = [
         Some(toml::Value::String(text.to_owned())),
@@ -280,4 +397,94 @@ fn set(
         source_name: source_name(),
         message: first_error.unwrap_or_default(),
     })
+}
+
+fn known_key(name: &str) -> Option<&'static str> {
+    KEYS.iter().copied().find(|known| *known == name)
+}
+
+fn unit_of(key: &str) -> Option<Unit> {
+    UNITS
+        .iter()
+        .find(|(known, _)| *known == key)
+        .map(|(_, unit)| *unit)
+}
+
+/// A value with a unit as the integer its key holds.
+fn with_unit(unit: Unit, text: &str) -> Result<toml::Value, String> {
+    let number = units::parse(unit, text)?;
+    i64::try_from(number)
+        .map(toml::Value::Integer)
+        .map_err(|_| format!("{text:?} is too large"))
+}
+
+/// ` (did you mean PREFIX+KEY?)` when a key is one or two typos from `name`.
+fn did_you_mean(name: &str, prefix: &str) -> String {
+    KEYS.iter()
+        .map(|key| (edit_distance(name, key), key))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, key)| {
+            let key = if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}{}", key.to_ascii_uppercase())
+            };
+            format!(" (did you mean {key}?)")
+        })
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `message`, followed by where the keys it names were set, when not by default.
+fn with_origins(message: String, origins: &BTreeMap<&'static str, String>) -> String {
+    let named: Vec<String> = origins
+        .iter()
+        .filter(|(key, _)| mentions(&message, key))
+        .map(|(key, origin)| format!("{key} from {origin}"))
+        .collect();
+    if named.is_empty() {
+        message
+    } else {
+        format!("{message} ({})", named.join("; "))
+    }
+}
+
+/// Whether `text` has `word` as a whole word (not inside a longer key).
+fn mentions(text: &str, word: &str) -> bool {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(at, _)| {
+        !text[..at].ends_with(is_word) && !text[at + word.len()..].starts_with(is_word)
+    })
+}
+
+/// `scheme://user:password@host/…` as `scheme://user:***@host/…`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
 }

@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use server::{ServeError, open_store, serve};
+pub use server::{ServeError, listening_address, listening_line, open_store, serve};
 pub use status::{code, code_name, status};
 
 use crate::api;

@@ -308,22 +308,26 @@ fn tls(builder: Server, config: &Config) -> Result<Server, ServeError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(builder);
     };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))
-    };
+    let tls_error = |e: crate::tls::TlsFileError| ServeError::Tls(e.to_string());
+    // Checked here so a bad file is named, not reported as `transport error`.
+    let (cert_pem, key_pem) = crate::tls::read_identity(cert, key).map_err(tls_error)?;
     // object_store's S3 client brings rustls' aws-lc-rs provider next to the
     // ring one tonic uses; with both compiled in, rustls cannot pick a default
     // and tonic's server config would panic. Ours is ring (an error only means
     // one was installed already).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
     if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        let ca_pem = crate::tls::read_certificates(ca).map_err(tls_error)?;
+        tls = tls.client_ca_root(Certificate::from_pem(ca_pem));
     }
-    builder
-        .tls_config(tls)
-        .map_err(|e| ServeError::Tls(e.to_string()))
+    builder.tls_config(tls).map_err(|e| {
+        ServeError::Tls(format!(
+            "tls_cert {}, tls_key {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
@@ -334,4 +338,30 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
             status,
         )
         .await;
+}
+
+/// The line `serve` prints on stdout once it listens: scripts and tests read
+/// the port from it. With `log_format = "json"` it is a JSON log line like
+/// every other (stdout and stderr are often read as one stream).
+pub fn listening_line(addr: SocketAddr, format: crate::config::LogFormat) -> String {
+    let message = format!("wal-archiver listening on {addr}");
+    match format {
+        crate::config::LogFormat::Text => message,
+        crate::config::LogFormat::Json => serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": "INFO",
+            "fields": { "message": message, "addr": addr.to_string() },
+            "target": "wal_archiver::serve",
+        })
+        .to_string(),
+    }
+}
+
+/// The address in a line `listening_line` printed, in either format.
+pub fn listening_address(line: &str) -> Option<SocketAddr> {
+    if let Some(addr) = line.strip_prefix("wal-archiver listening on ") {
+        return addr.trim().parse().ok();
+    }
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
+    json["fields"]["addr"].as_str()?.parse().ok()
 }

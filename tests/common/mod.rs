@@ -263,8 +263,8 @@ fn spawn(
     let addr = loop {
         match lines.next() {
             Some(Ok(line)) => {
-                if let Some(addr) = line.strip_prefix("wal-archiver listening on ") {
-                    break addr.parse().expect("address");
+                if let Some(addr) = wal_archiver::service::listening_address(&line) {
+                    break addr;
                 }
             }
             _ => {
