@@ -29,6 +29,10 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
     ("WAL_ARCHIVER_KILL_ROUNDS", "tests/crash.rs"),
     ("WAL_ARCHIVER_KILL_SEED", "tests/crash.rs"),
     ("WAL_ARCHIVER_LOAD_SECS", "tests/load.rs"),
+    (
+        "WAL_ARCHIVER_TEST_CRASH_AT",
+        "tests/crash_points.rs (debug builds only)",
+    ),
     ("WAL_ARCHIVER_TOKENS_DIR", "deploy/compose.yaml"),
     ("WAL_ARCHIVER_HOST_PORT", "deploy/compose.yaml"),
     ("WAL_ARCHIVER_S3_HOST_PORT", "deploy/compose.yaml"),

@@ -11,7 +11,7 @@ use super::restore::open_job_archive;
 use crate::config::Config;
 use crate::queue::Scheduler;
 use crate::store::{ArchiveStore, JobDb, Spool};
-use crate::types::{FailureKind, Job, JobState, JsonStats};
+use crate::types::{AckLevel, FailureKind, Job, JobState, JsonStats};
 
 /// What recovery found and did at start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -64,6 +64,16 @@ pub(super) fn recover(
             scheduler.enqueue(job.shard_id, job.id, config.is_small(job.size.unwrap_or(0)));
             live_spools.insert(job.id);
             report.requeued += 1;
+        } else if job.ack == AckLevel::Archived {
+            // Its spool was never fsynced: nothing had been promised, and the
+            // client, still waiting for its answer, pushes it again.
+            db.fail(
+                job.id,
+                &[JobState::Queued],
+                FailureKind::Interrupted,
+                "interrupted: the service stopped before the archive was durable (ack ARCHIVED: never acknowledged); push the segment again",
+            )?;
+            report.interrupted += 1;
         } else {
             db.fail(
                 job.id,

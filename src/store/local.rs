@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     ArchiveKey, ArchiveMeta, ArchiveStore, ObjectInfo, PendingArchive, StoreError, WriteMode,
-    sync_dir,
+    create_dir_durably, sync_dir,
 };
 use crate::error::IoError;
 use crate::types::ShardId;
@@ -23,7 +23,7 @@ pub struct LocalStore {
 impl LocalStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(IoError::with(format!("creating {}", root.display())))?;
+        create_dir_durably(&root)?;
         Ok(LocalStore { root })
     }
 

@@ -17,12 +17,7 @@ pub struct Spool {
 impl Spool {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(IoError::with(format!("creating {}", dir.display())))?;
-        // The directory's own entry must be durable too, or a power cut loses
-        // every spool file in it, fsynced or not (tests/powerloss.rs).
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent).map_err(IoError::with(format!("syncing {}", parent.display())))?;
-        }
+        create_dir_durably(&dir)?;
         Ok(Spool { dir })
     }
 
@@ -79,4 +74,15 @@ impl Spool {
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and its parents) with a durable entry: without its
+/// parent's fsync a power cut can take the directory and every file in it,
+/// fsynced or not (tests/powerloss.rs).
+pub fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(IoError::with(format!("creating {}", dir.display())))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent).map_err(IoError::with(format!("syncing {}", parent.display())))?;
+    }
+    Ok(())
 }
