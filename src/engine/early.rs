@@ -44,7 +44,7 @@ impl Compressor {
         };
         match &stop {
             Stop::Failed(e) => tracing::info!(error = %e, "head start given up"),
-            Stop::Interrupted(why) => tracing::info!(?why, "head start interrupted"),
+            Stop::Interrupted(why) => tracing::info!(?why, "job interrupted during its head start"),
             Stop::Abandoned | Stop::Declined => {}
         }
         if feed.give_up() == GiveUp::LeaveToUpload {
