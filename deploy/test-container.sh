@@ -99,7 +99,7 @@ url_of() { echo "http://$(docker port "$1" 50051/tcp | head -1)"; }
 healthy() { "$cli" health --server "$1" --timeout 2; }
 docker_health() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
 is_docker_healthy() { [ "$(docker_health "$1")" = healthy ]; }
-watermark() { "$cli" shard "$2" --server "$1" | awk '/archived watermark/ {print $3}'; }
+watermark() { "$cli" shard "$2" --server "$1" | awk '/archived watermark/ {sub(":$", "", $3); print $3}'; }
 watermark_reaches() {
     local w
     w=$(watermark "$1" "$2") && [ "$w" != none ] && [ "$w" -ge "$3" ]
