@@ -13,7 +13,7 @@ use super::events::Events;
 use super::pipeline::Streams;
 use crate::config::Config;
 use crate::queue::{Interrupt, Scheduler, Task};
-use crate::store::{ArchiveKey, ArchiveStore, JobDb, Spool};
+use crate::store::{ArchiveStore, JobDb, Spool};
 use crate::telemetry;
 use crate::types::{Job, JobId, JobState, Received};
 
@@ -173,15 +173,7 @@ impl Compressor {
                 content_xxh3,
             },
         };
-        let target = Target {
-            key: ArchiveKey {
-                shard_id: job.shard_id,
-                log_id: job.log_id,
-            },
-            kind: job.kind,
-            zstd_level: job.zstd_level,
-            declared: Some((size, sha256)),
-        };
+        let target = Target::of(job, Some((size, sha256)));
         encode::encode(
             &self.config,
             self.store.as_ref(),

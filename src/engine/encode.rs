@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::IoError;
 use crate::queue::{Interrupt, Task};
 use crate::store::{ArchiveKey, ArchiveMeta, ArchiveStore, StoreError, WriteMode};
-use crate::types::{ContentKind, Digest, JsonStats, Received, now_unix_ms};
+use crate::types::{ContentKind, Digest, Job, JsonStats, Received, now_unix_ms};
 
 /// Bytes read per step: large enough to amortize syscalls, small enough that
 /// a cancel or shutdown is noticed within milliseconds.
@@ -83,6 +83,21 @@ pub(super) struct Target {
     pub zstd_level: i32,
     /// Size and SHA-256, when known up front (the header then carries them).
     pub declared: Option<(u64, Digest)>,
+}
+
+impl Target {
+    /// The archive of `job`'s segment, with what is known of it up front.
+    pub fn of(job: &Job, declared: Option<(u64, Digest)>) -> Target {
+        Target {
+            key: ArchiveKey {
+                shard_id: job.shard_id,
+                log_id: job.log_id,
+            },
+            kind: job.kind,
+            zstd_level: job.zstd_level,
+            declared,
+        }
+    }
 }
 
 /// Reads `source` into a committed archive of `target`.

@@ -21,7 +21,7 @@ use super::restore::open_job_archive;
 use super::{EngineError, blocking};
 use crate::config::Config;
 use crate::queue::Scheduler;
-use crate::store::{ArchiveKey, ArchiveStore, InsertOutcome, JobDb, Spool};
+use crate::store::{ArchiveStore, InsertOutcome, JobDb, Spool};
 use crate::types::{Digest, FailureKind, Job, JobId, JobState, SegmentRequest, ShardId};
 
 /// What an upload holds while it runs: its slot among `max_concurrent_uploads`,
@@ -226,15 +226,7 @@ fn offer_early(intake: &Intake, job: &Job, request: &SegmentRequest) -> Option<A
     if !intake.config.compress_while_receiving {
         return None;
     }
-    let target = Target {
-        key: ArchiveKey {
-            shard_id: job.shard_id,
-            log_id: job.log_id,
-        },
-        kind: job.kind,
-        zstd_level: job.zstd_level,
-        declared: request.size.zip(request.sha256),
-    };
+    let target = Target::of(job, request.size.zip(request.sha256));
     let feed = intake.streams.open(job.id, target);
     let small = request
         .size
