@@ -127,46 +127,6 @@ async fn segment_jobs(client: &Client) -> Vec<Job> {
     client.list(&filter).await.expect("list jobs").0
 }
 
-/// The counters of the "recovered from the previous run" log line.
-fn recovery_report(log: &str) -> BTreeMap<String, u64> {
-    let line = log
-        .lines()
-        .rev()
-        .find(|line| line.contains("recovered from the previous run"))
-        .unwrap_or_else(|| panic!("no recovery report in the log:\n{log}"));
-    let plain = strip_ansi(line);
-    let body = plain
-        .split_once("RecoveryReport {")
-        .and_then(|(_, rest)| rest.split_once('}'))
-        .map(|(body, _)| body)
-        .unwrap_or_else(|| panic!("unreadable recovery report: {plain}"));
-    body.split(',')
-        .filter_map(|field| field.split_once(':'))
-        .map(|(name, value)| {
-            let value = value.trim().parse().expect("a count");
-            (name.trim().to_owned(), value)
-        })
-        .collect()
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC '[' parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_recovery_path_runs_after_a_crash_steered_into_it() {
     let data = json_segment(11, 2 << 20);
@@ -206,7 +166,9 @@ async fn every_recovery_path_runs_after_a_crash_steered_into_it() {
 
         server.set_env(&[]);
         server.restart();
-        let report = recovery_report(&server.log_text());
+        let log = server.log_text();
+        let report = recovery_report(&log)
+            .unwrap_or_else(|| panic!("no recovery report in the log:\n{log}"));
         println!("{name}: {report:?}");
         for field in case.expect {
             assert!(

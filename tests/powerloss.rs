@@ -25,8 +25,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::json_segment;
 use common::lossyfs::{DurabilityOp, Freeze, LossyFs, Service, Started};
+use common::{json_segment, recovery_report};
 use wal_archiver::client::{Client, PushOptions, RetryPolicy};
 use wal_archiver::types::{AckLevel, ContentKind, Digest, JobFilter, JobState};
 
@@ -118,7 +118,7 @@ struct Outcome {
     /// finished them before the cut).
     archived_unacknowledged: usize,
     /// The `RecoveryReport` the restarted server logged, if it logged one.
-    recovery: Option<String>,
+    recovery: Option<BTreeMap<String, u64>>,
     problems: Vec<String>,
 }
 
@@ -337,17 +337,6 @@ async fn restore_problem(client: &Client, shard: u32, log_id: u64) -> Option<Str
     }
 }
 
-/// The `RecoveryReport { … }` of the server's `recovered from the previous
-/// run` line (it logs none when there was nothing to recover).
-fn recovery_report(log: &str) -> Option<String> {
-    let line = log
-        .lines()
-        .find(|line| line.contains("recovered from the previous run"))?;
-    let start = line.find("RecoveryReport")?;
-    let end = start + line[start..].find('}')? + 1;
-    Some(line[start..end].to_owned())
-}
-
 /// The op a marker (`N<TAB>before|after<TAB>KIND<TAB>PATH`) names.
 fn marker_op(marker: &str) -> Option<DurabilityOp> {
     let fields: Vec<&str> = marker.split('\t').collect();
@@ -361,21 +350,6 @@ fn marker_op(marker: &str) -> Option<DurabilityOp> {
         call: String::new(),
         status: String::new(),
     })
-}
-
-/// The counts of a `RecoveryReport { requeued: 1, adopted: 0, … }`.
-fn recovery_counts(report: &str) -> Vec<(String, usize)> {
-    let inner = report
-        .trim_start_matches("RecoveryReport")
-        .trim()
-        .trim_matches(|c| c == '{' || c == '}');
-    inner
-        .split(',')
-        .filter_map(|field| {
-            let (name, value) = field.split_once(':')?;
-            Some((name.trim().to_owned(), value.trim().parse().ok()?))
-        })
-        .collect()
 }
 
 /// What a durability op touched, by the path lossyfs logged.
@@ -449,7 +423,7 @@ async fn power_cut_at_each_durability_point_loses_nothing_acknowledged() {
     );
     let mut failures = Vec::new();
     let mut covered: BTreeMap<(&str, bool), usize> = BTreeMap::new();
-    let mut recovered: BTreeMap<String, usize> = BTreeMap::new();
+    let mut recovered: BTreeMap<String, u64> = BTreeMap::new();
     for point in &points {
         let planned = &ops[point.op - 1];
         let name = format!("{}-{}", if point.after { "a" } else { "b" }, point.op);
@@ -469,20 +443,18 @@ async fn power_cut_at_each_durability_point_loses_nothing_acknowledged() {
             ),
             outcome.acknowledged,
             outcome.archived_unacknowledged,
-            outcome.recovery.as_deref().unwrap_or("none logged"),
+            outcome
+                .recovery
+                .as_ref()
+                .map_or("none logged".into(), |counts| format!("{counts:?}")),
             if outcome.problems.is_empty() {
                 String::new()
             } else {
                 format!(" — FAILED: {}", outcome.problems.join("; "))
             }
         );
-        for (name, count) in outcome
-            .recovery
-            .as_deref()
-            .map(recovery_counts)
-            .unwrap_or_default()
-        {
-            *recovered.entry(name).or_default() += count;
+        for (name, count) in outcome.recovery.iter().flatten() {
+            *recovered.entry(name.clone()).or_default() += count;
         }
         if !outcome.problems.is_empty() {
             failures.push(format!(

@@ -437,3 +437,24 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The counts of the server's `recovered from the previous run` line
+/// (`RecoveryReport { requeued: 1, adopted: 0, … }`, its last one); `None`
+/// when it logged none (nothing to recover).
+pub fn recovery_report(log: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("recovered from the previous run"))?;
+    let (_, fields) = line.split_once("RecoveryReport {")?;
+    let (fields, _) = fields.split_once('}')?;
+    Some(
+        fields
+            .split(',')
+            .filter_map(|field| {
+                let (name, value) = field.split_once(':')?;
+                Some((name.trim().to_owned(), value.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
