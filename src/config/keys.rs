@@ -115,7 +115,7 @@ config_keys! {
     /// Allow a non-loopback listen address without a tokens file.
     allow_unauthenticated: bool = false, switch = "true";
     /// Keep archives at least this many days; 0 turns the age rule off.
-    retain_days: u64 = 0;
+    retain_days: u64 = 0, unit = Days;
     /// Keep at least the newest this many archives per shard; 0 turns the count rule off.
     retain_count: u64 = 0;
     /// Seconds between retention passes.
@@ -182,6 +182,7 @@ pub enum Unit {
     Bytes,
     Seconds,
     Millis,
+    Days,
 }
 
 /// S3 refuses parts below this size, except the last.

@@ -143,7 +143,7 @@ fn readme_documents_every_key() {
 
 #[test]
 fn sizes_and_durations_take_units_and_bare_numbers() {
-    use keys::Unit::{Bytes, Millis, Seconds};
+    use keys::Unit::{Bytes, Days, Millis, Seconds};
     let ok = |unit, text: &str, expected: u64| {
         assert_eq!(units::parse(unit, text), Ok(expected), "{text}");
     };
@@ -161,11 +161,16 @@ fn sizes_and_durations_take_units_and_bare_numbers() {
     ok(Millis, "30000", 30_000);
     ok(Millis, "30s", 30_000);
     ok(Millis, "250ms", 250);
+    ok(Days, "7", 7);
+    ok(Days, "7d", 7);
+    ok(Days, "2w", 14);
     for (unit, text) in [
         (Bytes, "lots"),
         (Bytes, "-1"),
         (Seconds, "soon"),
         (Seconds, "1500ms"),
+        (Days, "36h"),
+        (Days, "a week"),
     ] {
         assert!(units::parse(unit, text).is_err(), "{text}");
     }

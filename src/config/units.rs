@@ -1,6 +1,6 @@
 //! Sizes and durations with units (`1GiB`, `512MiB`, `30s`, `5m`), the same in
 //! a file, a variable and a flag. A bare number keeps meaning what it always
-//! did: bytes, seconds or milliseconds, whichever the key counts.
+//! did: bytes, seconds, milliseconds or days, whichever the key counts.
 
 use super::keys::Unit;
 
@@ -20,6 +20,18 @@ pub fn parse(unit: Unit, text: &str) -> Result<u64, String> {
                      (64KiB, 512MiB, 1GiB; kB, MB, GB are powers of 1000)"
                 )
             }),
+        Unit::Days => {
+            let duration = humantime::parse_duration(text).map_err(|e| {
+                format!("{text:?} is not a number of days ({e}): give days (7) or a number with a unit (7d, 2w)")
+            })?;
+            const DAY: u64 = 24 * 60 * 60;
+            if duration.subsec_nanos() != 0 || duration.as_secs() % DAY != 0 {
+                return Err(format!(
+                    "{text:?} is finer than this key counts: give whole days"
+                ));
+            }
+            Ok(duration.as_secs() / DAY)
+        }
         Unit::Seconds | Unit::Millis => {
             let duration = humantime::parse_duration(text).map_err(|e| {
                 format!(
