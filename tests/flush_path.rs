@@ -73,6 +73,17 @@ impl Seen {
         })
     }
 
+    /// The reasons of the `Retrying` events, in order.
+    fn retry_reasons(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                FlushEvent::Retrying { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn ids(&self, pick: impl Fn(&FlushEvent) -> Option<LogId>) -> BTreeSet<LogId> {
         self.events().iter().filter_map(pick).collect()
     }
@@ -195,14 +206,7 @@ async fn a_full_spool_volume_is_retried_until_archived() {
             >= 4
     })
     .await;
-    let refusal = seen
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            FlushEvent::Retrying { reason, .. } => Some(reason),
-            _ => None,
-        })
-        .unwrap();
+    let refusal = seen.retry_reasons().remove(0);
     assert!(refusal.contains("min_free_bytes"), "{refusal}");
     assert!(seen.archived().is_empty() && seen.permanent().is_empty());
     assert_eq!(
@@ -355,6 +359,67 @@ async fn across_a_server_restart_nothing_above_the_watermark_is_deleted() {
     );
     let stats = flush.stats();
     assert_eq!((stats.archived, stats.deleted, stats.pending), (15, 15, 0));
+    assert!(flush.shutdown().await.is_empty());
+}
+
+/// A job acknowledged QUEUED that ends FAILED for a retryable reason (the
+/// server crashed as it began compressing, and the spool volume was lost
+/// with it): the flush path notices the failure, pushes the WAL again and
+/// deletes it only once that second job is ARCHIVED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fails_retryably_after_its_ack_is_pushed_again() {
+    let mut server = Server::start_with_env(
+        &["--compress-while-receiving", "false"],
+        &[(wal_archiver::engine::CRASH_AT_VARIABLE, "compressing")],
+    );
+    server.keep_address();
+    let wal = tempfile::tempdir().unwrap();
+    let (log_id, path) = write_segments(wal.path(), [1]).remove(0);
+    let seen = Seen::default();
+    let flush = FlushPath::start(server.client().await, SHARD, wal.path(), seen.options());
+    flush.hand_off(log_id, path).unwrap();
+
+    let status = server.wait_exit(LIMIT);
+    assert!(!status.success(), "the server did not crash: {status:?}");
+    let spooled = server.spool_files();
+    assert_eq!(spooled.len(), 1, "the QUEUED segment was not spooled");
+    for file in spooled {
+        std::fs::remove_file(file).unwrap();
+    }
+    server.set_env(&[]);
+    server.restart();
+
+    seen.until("archived by a second push", |s| {
+        s.archived() == range(1..=1)
+    })
+    .await;
+    seen.until("deleted", |s| s.deleted() == range(1..=1)).await;
+    let retries = seen.retry_reasons();
+    assert!(
+        retries.iter().any(|r| r.contains("spool file lost")),
+        "the FAILED job was not what the flush path retried: {retries:?}"
+    );
+    assert!(seen.permanent().is_empty());
+    let client = server.client().await;
+    let jobs = client
+        .list(&wal_archiver::types::JobFilter {
+            shard_id: Some(SHARD),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .0;
+    let states: Vec<_> = jobs.iter().map(|j| j.state).collect();
+    assert!(
+        states.contains(&wal_archiver::types::JobState::Failed)
+            && states.contains(&wal_archiver::types::JobState::Archived),
+        "{jobs:?}"
+    );
+    assert_eq!(
+        client.shard(SHARD).await.unwrap().archived_watermark,
+        Some(1)
+    );
+    assert!(on_disk(wal.path()).is_empty());
     assert!(flush.shutdown().await.is_empty());
 }
 

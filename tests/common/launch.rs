@@ -30,6 +30,12 @@ impl Server {
         server
     }
 
+    /// Keeps the address it listens on now across `restart` (for clients
+    /// configured once with a URL).
+    pub fn keep_address(&mut self) {
+        self.listen = self.addr.to_string();
+    }
+
     /// Replaces the variables `start_with_env` added, from the next `restart` on.
     pub fn set_env(&mut self, env: &[(&str, &str)]) {
         self.env = env
