@@ -138,6 +138,26 @@ async fn tokens_roles_and_shards() {
     );
     admin.push_file(9, 1, &wal, &options).await.unwrap();
 
+    // Each refusal is logged with the peer and the token's name, never a secret.
+    let log = server.log_text();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("call refused")).collect();
+    assert!(refusals.len() >= 9, "{log}");
+    for line in &refusals {
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+        for secret in [SHARD_SECRET, OBSERVER_SECRET, ADMIN_SECRET, "not-a-token"] {
+            assert!(!line.contains(secret), "{line}");
+        }
+    }
+    let logged = |token: &str, reason: &str| {
+        refusals
+            .iter()
+            .any(|l| l.contains(&format!("token={token:?}")) && l.contains(reason))
+    };
+    assert!(logged("", "no bearer token"), "{log}");
+    assert!(logged("", "unknown token"), "{log}");
+    assert!(logged("shard-1", "may not push to shard 2"), "{log}");
+    assert!(logged("dashboard", "may not cancel jobs"), "{log}");
+
     // Health stays open without a token.
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
@@ -232,6 +252,22 @@ impl Pki {
     }
 }
 
+/// Waits for the server to log a refused TLS handshake from the loopback
+/// whose reason contains `reason`.
+async fn handshake_refused(server: &Server, reason: &str) {
+    eventually(Duration::from_secs(10), || async {
+        let log = server.log_text();
+        log.lines()
+            .any(|l| {
+                l.contains("TLS handshake refused")
+                    && l.contains("peer=127.0.0.1:")
+                    && l.contains(reason)
+            })
+            .then_some(())
+    })
+    .await
+}
+
 async fn tls_client(
     server: &Server,
     ca: Option<PathBuf>,
@@ -289,6 +325,9 @@ async fn tls_and_client_certificates() {
         refused,
         "a client that does not trust the CA must not connect"
     );
+    // The server logs both refused handshakes with the peer and the reason.
+    handshake_refused(&server, "reason=received corrupt message").await;
+    handshake_refused(&server, "reason=received fatal alert: UnknownCA").await;
     drop(server);
 
     let mutual = Server::start(&[
@@ -308,6 +347,7 @@ async fn tls_and_client_certificates() {
             .is_err(),
     };
     assert!(refused, "a client without a certificate must be refused");
+    handshake_refused(&mutual, "reason=peer sent no certificates").await;
     let with_cert = tls_client(
         &mutual,
         Some(pki.path("ca.pem")),
@@ -507,4 +547,113 @@ async fn a_token_revoked_during_an_upload_stops_its_commit() {
     );
     let status = admin.shard(1).await.unwrap();
     assert_eq!((status.queued, status.archived, status.failed), (0, 0, 1));
+}
+
+/// The certificate recipe of docs/OPERATIONS.md, run exactly as printed: the
+/// server takes its files, a shard with its client certificate gets through,
+/// and the mistakes it warns about are refused with a message that names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_recipe_works_as_printed() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md"))
+        .unwrap();
+    let marker = "(the_certificate_recipe_works_as_printed) runs this block exactly as printed.";
+    let after = &guide[guide.find(marker).expect("the recipe's marker")..];
+    let block = after
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("a sh block after the marker")
+        .0;
+    let run_recipe = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recipe.sh"), block).unwrap();
+        let run = std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "recipe.sh"])
+            .current_dir(dir.path())
+            .output()
+            .expect("bash and openssl");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        dir
+    };
+    let dir = run_recipe();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    let server = Server::start(&[
+        "--tls-cert",
+        &file("server.pem"),
+        "--tls-key",
+        &file("server.key"),
+        "--tls-client-ca",
+        &file("ca.pem"),
+    ]);
+    let wal = segment_file(dir.path(), "wal-1.log", 7);
+    let push = |cert: &str, key: &str| {
+        std::process::Command::new(BIN)
+            .args(["push", "--shard", "1", "--log-id", "1", "--wait"])
+            .arg(&wal)
+            .args(["--server", &format!("https://{}", server.addr)])
+            .args([
+                "--ca",
+                &file("ca.pem"),
+                "--cert",
+                &file(cert),
+                "--key",
+                &file(key),
+            ])
+            .env_remove("WAL_ARCHIVER_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let pushed = push("shard1.pem", "shard1.key");
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    assert_eq!(server.archives(1).len(), 1);
+
+    // A client key that is not its certificate's: the CLI names both files.
+    let mismatched = push("shard1.pem", "server.key");
+    let stderr = String::from_utf8_lossy(&mismatched.stderr);
+    assert!(!mismatched.status.success());
+    assert!(
+        stderr.contains("server.key is not the private key of the certificate in")
+            && stderr.contains("shard1.pem"),
+        "{stderr}"
+    );
+
+    // A client certificate from another CA (a second run of the recipe):
+    // refused, and the server's log says by whom and why.
+    let other = run_recipe();
+    let stranger = std::process::Command::new(BIN)
+        .args([
+            "shard",
+            "1",
+            "--server",
+            &format!("https://{}", server.addr),
+        ])
+        .args(["--ca", &file("ca.pem")])
+        .arg("--cert")
+        .arg(other.path().join("shard1.pem"))
+        .arg("--key")
+        .arg(other.path().join("shard1.key"))
+        .output()
+        .unwrap();
+    assert!(!stranger.status.success());
+    // Same CA name, another key: BadSignature (UnknownIssuer when the names differ).
+    handshake_refused(&server, "reason=invalid peer certificate").await;
+
+    // The server's certificate with the client's key: `config check` (and serve) name the files.
+    let wrong = std::process::Command::new(BIN)
+        .args(["config", "check", "--tls-cert", &file("server.pem")])
+        .args(["--tls-key", &file("shard1.key")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&wrong.stdout).into_owned()
+        + &String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(
+        stdout.contains("shard1.key is not the private key of the certificate in"),
+        "{stdout}"
+    );
 }

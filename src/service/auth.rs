@@ -211,7 +211,7 @@ impl Tokens {
         };
         let caller = {
             let tokens = set.read().unwrap_or_else(|p| p.into_inner());
-            identify(&request, &tokens).map_err(status)?
+            identify(&request, &tokens).map_err(|e| status(refused(request.extensions(), e)))?
         };
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -232,13 +232,15 @@ impl Tokens {
         let Some(set) = &self.set else {
             return Ok(());
         };
-        let caller = extensions.get::<Caller>().ok_or(AuthError::NoCaller)?;
+        let caller = extensions
+            .get::<Caller>()
+            .ok_or_else(|| refused(extensions, AuthError::NoCaller))?;
         let current = set
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&caller.token)
             .cloned()
-            .ok_or_else(|| AuthError::Revoked(caller.name.clone()))?;
+            .ok_or_else(|| refused(extensions, AuthError::Revoked(caller.name.clone())))?;
         let mut now = tonic::Extensions::new();
         now.insert(current);
         self.authorize(&now, access)
@@ -253,18 +255,48 @@ impl Tokens {
         if !self.enabled() {
             return Ok(());
         }
-        let caller = extensions.get::<Caller>().ok_or(AuthError::NoCaller)?;
+        let caller = extensions
+            .get::<Caller>()
+            .ok_or_else(|| refused(extensions, AuthError::NoCaller))?;
         if caller.may(access) {
             Ok(())
         } else {
-            Err(AuthError::Denied {
-                name: caller.name.clone(),
-                role: caller.role,
-                shards: caller.shards.clone(),
-                action: describe(access),
-            })
+            Err(refused(
+                extensions,
+                AuthError::Denied {
+                    name: caller.name.clone(),
+                    role: caller.role,
+                    shards: caller.shards.clone(),
+                    action: describe(access),
+                },
+            ))
         }
     }
+}
+
+/// Every refused call is a security event: logged with the peer's address,
+/// the token's name and the reason (never the secret, which no `AuthError`
+/// carries).
+fn refused(extensions: &tonic::Extensions, err: AuthError) -> AuthError {
+    let token = extensions
+        .get::<Caller>()
+        .map_or("", |caller| caller.name.as_str());
+    tracing::warn!(target: "security", peer = %peer(extensions), token, reason = %err, "call refused");
+    err
+}
+
+/// The caller's address, over plain TCP or TLS ("unknown" over other transports).
+pub fn peer(extensions: &tonic::Extensions) -> String {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
+        .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
 }
 
 fn identify(request: &Request<()>, tokens: &TokenSet) -> Result<Caller, AuthError> {

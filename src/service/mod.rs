@@ -5,6 +5,7 @@
 pub mod auth;
 mod background;
 mod guard;
+mod handshake;
 mod receive;
 mod server;
 mod status;

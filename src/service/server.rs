@@ -15,13 +15,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::auth::{Tokens, TokensError};
 use super::guard::GuardLayer;
+use super::handshake;
 use super::{WalArchiverService, background};
 use crate::config::{Config, StorageKind};
 use crate::engine::{Archiver, EngineError};
@@ -222,7 +223,8 @@ async fn start_server(
         .with_nodelay(Some(true))
         .with_keepalive(keepalive)
         .with_keepalive_interval(keepalive);
-    let server = tls(Server::builder(), config)?
+    let tls = tls(config)?;
+    let router = Server::builder()
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(keepalive)
         .initial_stream_window_size(Some(STREAM_WINDOW))
@@ -233,10 +235,17 @@ async fn start_server(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
+        .add_service(service);
+    let stop = stopping.clone().cancelled_owned();
+    let task = match tls {
+        Some(tls) => {
+            let handshaken = handshake::accept(incoming, tls, stopping.clone());
+            tokio::spawn(router.serve_with_incoming_shutdown(handshaken, stop))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop)),
+    };
     Ok(Running {
-        task: tokio::spawn(server),
+        task,
         health,
         ready,
         draining,
@@ -304,30 +313,27 @@ async fn drain(
     Ok(())
 }
 
-fn tls(builder: Server, config: &Config) -> Result<Server, ServeError> {
+/// The TLS configuration `config` asks for, its files checked first so a
+/// bad one is named rather than reported as `transport error`.
+fn tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(builder);
+        return Ok(None);
     };
     let tls_error = |e: crate::tls::TlsFileError| ServeError::Tls(e.to_string());
-    // Checked here so a bad file is named, not reported as `transport error`.
     let (cert_pem, key_pem) = crate::tls::read_identity(cert, key).map_err(tls_error)?;
-    // object_store's S3 client brings rustls' aws-lc-rs provider next to the
-    // ring one tonic uses; with both compiled in, rustls cannot pick a default
-    // and tonic's server config would panic. Ours is ring (an error only means
-    // one was installed already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
-    if let Some(ca) = &config.tls_client_ca {
-        let ca_pem = crate::tls::read_certificates(ca).map_err(tls_error)?;
-        tls = tls.client_ca_root(Certificate::from_pem(ca_pem));
-    }
-    builder.tls_config(tls).map_err(|e| {
-        ServeError::Tls(format!(
-            "tls_cert {}, tls_key {}: {e}",
-            cert.display(),
-            key.display()
-        ))
-    })
+    let client_ca_pem = match &config.tls_client_ca {
+        Some(ca) => Some(crate::tls::read_certificates(ca).map_err(tls_error)?),
+        None => None,
+    };
+    handshake::server_config(&cert_pem, &key_pem, client_ca_pem.as_deref())
+        .map(Some)
+        .map_err(|e| {
+            ServeError::Tls(format!(
+                "tls_cert {}, tls_key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

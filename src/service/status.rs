@@ -25,7 +25,20 @@ pub fn code(kind: ErrorKind) -> Code {
 
 /// The status a caller sees for `err`.
 pub fn status(err: impl Classified) -> Status {
-    refusal(err.kind(), err.to_string())
+    let (kind, message) = (err.kind(), err.to_string());
+    // Other bytes pushed under an archived segment's name, or an archive that
+    // no longer matches its record: events an operator must see, not only
+    // the caller. (Refused authentication is logged where it is decided.)
+    match kind {
+        ErrorKind::AlreadyExists => {
+            tracing::warn!(target: "security", %message, "push refused: conflicts with an archived segment")
+        }
+        ErrorKind::DataLoss => {
+            tracing::warn!(target: "integrity", %message, "damaged archive found")
+        }
+        _ => {}
+    }
+    refusal(kind, message)
 }
 
 /// A status for a refusal that is not an error value (a limit, a deadline).
