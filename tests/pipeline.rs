@@ -34,6 +34,7 @@ on_both_backends!(
     a_wrong_digest_while_compressing_archives_nothing,
     kill_during_a_pipelined_upload_loses_nothing,
     kill_after_the_ack_while_compressing_resumes_from_the_spool,
+    a_large_lone_segment_is_compressed_on_zstd_threads,
 );
 
 /// An Archive call fed message by message, as a shard writing its WAL would.
@@ -92,8 +93,14 @@ async fn receiving_job(server: &Server, shard: u32, log_id: u64) -> JobId {
 async fn compressing_while_receiving(server: &Server, job: JobId) {
     let client = server.client().await;
     eventually(LIMIT, || async {
-        let state = client.job(job).await.ok()?.state;
-        assert_eq!(state, JobState::Receiving, "the upload is not finished");
+        let job = client.job(job).await.ok()?;
+        assert_eq!(
+            job.state,
+            JobState::Receiving,
+            "the upload is not finished: {}\n{}",
+            job.reason,
+            server.log_text()
+        );
         server.archive_in_progress().then_some(())
     })
     .await;
@@ -245,4 +252,57 @@ async fn kill_after_the_ack_while_compressing_resumes_from_the_spool(backend: Ba
         (server.spool_files().is_empty() && !server.archive_in_progress()).then_some(())
     })
     .await;
+}
+
+/// A lone segment of at least `multithread_min_size` whose size alone is
+/// declared up front (its digest comes in the trailer, as the CLI and
+/// `Client::push_file` send it) is compressed on zstd's own threads while it
+/// arrives: a wrong digest in the trailer archives nothing, the right one
+/// round-trips byte for byte.
+async fn a_large_lone_segment_is_compressed_on_zstd_threads(backend: Backend) {
+    let server = Server::start_with(
+        backend,
+        &[
+            "--s3-part-size",
+            PART_SIZE,
+            "--multithread-min-size",
+            "8MiB",
+        ],
+    );
+    let data = noise(24 << 20, 6);
+    let upload = |sha256: Digest| {
+        let mut size_only = header(1, 1, &data);
+        size_only.sha256 = Bytes::new();
+        let mut messages = vec![header_msg(size_only)];
+        messages.extend(data_msgs(&data, 256 << 10));
+        messages.push(proto::ArchiveRequest {
+            msg: Some(Msg::Trailer(proto::SegmentTrailer {
+                size: Some(data.len() as u64),
+                sha256: Bytes::copy_from_slice(&sha256.0),
+            })),
+        });
+        messages
+    };
+    let mut rpc = server.rpc().await;
+
+    let refused = send(&mut rpc, upload(Digest::of(b"other bytes")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+    nothing_left(&server, 1, 1).await;
+
+    let reply = send(&mut rpc, upload(Digest::of(&data))).await.unwrap();
+    let client = server.client().await;
+    let done = client.wait(JobId(reply.job.unwrap().job_id)).await.unwrap();
+    assert_eq!(done.state, JobState::Archived, "{}", done.reason);
+    assert_eq!(server.decode_archive(1, 1).await, data);
+    let mut restored = Vec::new();
+    client.restore_to(1, 1, &mut restored, None).await.unwrap();
+    assert_eq!(restored, data);
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("on zstd's own threads").count(),
+        2,
+        "both uploads must have taken the multithreaded path:\n{log}"
+    );
 }

@@ -173,7 +173,7 @@ impl Compressor {
                 content_xxh3,
             },
         };
-        let target = Target::of(job, Some((size, sha256)));
+        let target = Target::of(job, Some(size), Some(sha256));
         encode::encode(
             &self.config,
             self.store.as_ref(),

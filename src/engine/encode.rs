@@ -83,11 +83,15 @@ pub(super) struct Target {
     pub zstd_level: i32,
     /// Size and SHA-256, when known up front (the header then carries them).
     pub declared: Option<(u64, Digest)>,
+    /// The size the client declared, even when its digest comes in the
+    /// trailer (as the CLI and `Client::push_file` send it): enough to tell a
+    /// large segment worth zstd's own threads.
+    pub size_hint: Option<u64>,
 }
 
 impl Target {
     /// The archive of `job`'s segment, with what is known of it up front.
-    pub fn of(job: &Job, declared: Option<(u64, Digest)>) -> Target {
+    pub fn of(job: &Job, size: Option<u64>, sha256: Option<Digest>) -> Target {
         Target {
             key: ArchiveKey {
                 shard_id: job.shard_id,
@@ -95,7 +99,8 @@ impl Target {
             },
             kind: job.kind,
             zstd_level: job.zstd_level,
-            declared,
+            declared: size.zip(sha256),
+            size_hint: size,
         }
     }
 }
@@ -135,12 +140,18 @@ pub(super) fn encode(
         created_unix_ms: now_unix_ms(),
     };
     let threshold = config.multithread_min_size;
-    let big = target.declared.is_some_and(|(size, _)| size >= threshold);
+    let big = target.size_hint.is_some_and(|size| size >= threshold);
     let zstd_workers = if task.alone && threshold > 0 && big {
         config.workers() as u32
     } else {
         0
     };
+    if zstd_workers > 0 {
+        tracing::info!(
+            zstd_workers,
+            "a lone large segment: compressing on zstd's own threads"
+        );
+    }
     let known = target
         .declared
         .map(|(size, sha256)| ArchiveMeta { key, size, sha256 });

@@ -226,7 +226,7 @@ fn offer_early(intake: &Intake, job: &Job, request: &SegmentRequest) -> Option<A
     if !intake.config.compress_while_receiving {
         return None;
     }
-    let target = Target::of(job, request.size.zip(request.sha256));
+    let target = Target::of(job, request.size, request.sha256);
     let feed = intake.streams.open(job.id, target);
     let small = request
         .size
