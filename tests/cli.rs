@@ -16,6 +16,15 @@ fn cli(server: &Server, args: &[&str]) -> Output {
         .expect("run wal-archiver")
 }
 
+/// `wal-archiver restore --shard 1 --log-id 1 -o OUT`.
+fn restore_shard_1_log_1(server: &Server, out: &Path) -> Output {
+    let out = out.to_str().expect("utf-8 path");
+    cli(
+        server,
+        &["restore", "--shard", "1", "--log-id", "1", "-o", out],
+    )
+}
+
 fn ok(output: Output) -> String {
     assert!(
         output.status.success(),
@@ -278,18 +287,7 @@ async fn restore_of_a_damaged_archive_leaves_no_file() {
 
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("wal-1.restored");
-    let output = cli(
-        &server,
-        &[
-            "restore",
-            "--shard",
-            "1",
-            "--log-id",
-            "1",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let output = restore_shard_1_log_1(&server, &out);
     assert!(!output.status.success(), "a DATA_LOSS restore must fail");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -302,6 +300,41 @@ async fn restore_of_a_damaged_archive_leaves_no_file() {
         left.is_empty(),
         "nothing left in the output directory: {left:?}"
     );
+}
+
+/// A restore onto a volume too small for the segment fails naming the write
+/// and the temporary file, and leaves nothing behind; the same restore to a
+/// roomy place then gives the segment byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_onto_a_full_volume_leaves_no_file() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let data = json_segment(22, 6 << 20);
+    push_archived(&mut rpc, 1, 1, &data).await;
+    let small = common::disk::SmallDisk::mount(4);
+    let restore_to = |out: &Path| restore_shard_1_log_1(&server, out);
+
+    let output = restore_to(&small.path().join("wal-1.restored"));
+    assert!(
+        !output.status.success(),
+        "a restore that cannot be written must fail"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("writing ") && stderr.contains(".wal-1.restored.restoring"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let left = list(small.path());
+    assert!(
+        left.is_empty(),
+        "nothing left on the small volume: {left:?}"
+    );
+
+    let roomy = tempfile::tempdir().unwrap();
+    let out = roomy.path().join("wal-1.restored");
+    ok(restore_to(&out));
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
 /// `serve --config FILE`: the file sets keys, `WAL_ARCHIVER_<KEY>` variables

@@ -18,29 +18,9 @@ impl Client {
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
         progress: Option<Progress>,
     ) -> Result<u64, ClientError> {
-        self.restore_hashing(shard_id, log_id, out, progress, None)
-            .await
-    }
-
-    async fn restore_hashing(
-        &self,
-        shard_id: ShardId,
-        log_id: LogId,
-        out: &mut (impl tokio::io::AsyncWrite + Unpin),
-        progress: Option<Progress>,
-        mut hasher: Option<&mut Sha256>,
-    ) -> Result<u64, ClientError> {
-        let mut chunks = self
-            .rpc
-            .clone()
-            .restore(proto::RestoreRequest { shard_id, log_id })
-            .await?
-            .into_inner();
+        let mut chunks = self.restore_stream(shard_id, log_id).await?;
         let mut written = 0u64;
         while let Some(chunk) = chunks.message().await? {
-            if let Some(hasher) = hasher.as_deref_mut() {
-                hasher.update(&chunk.data);
-            }
             out.write_all(&chunk.data)
                 .await
                 .map_err(ClientError::io("writing restored bytes"))?;
@@ -53,6 +33,19 @@ impl Client {
             .await
             .map_err(ClientError::io("writing restored bytes"))?;
         Ok(written)
+    }
+
+    async fn restore_stream(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+    ) -> Result<tonic::Streaming<proto::RestoreChunk>, ClientError> {
+        Ok(self
+            .rpc
+            .clone()
+            .restore(proto::RestoreRequest { shard_id, log_id })
+            .await?
+            .into_inner())
     }
 
     /// Restores into `path` through a temporary file renamed into place only
@@ -96,24 +89,19 @@ impl Client {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let temp = path.with_file_name(format!(".{file_name}.restoring"));
-        let mut file = tokio::fs::File::create(&temp)
-            .await
+        let file = std::fs::File::create(&temp)
             .map_err(ClientError::io(format!("creating {}", temp.display())))?;
-        let mut hasher = expected.map(|_| Sha256::new());
         let restored = async {
-            let written = self
-                .restore_hashing(shard_id, log_id, &mut file, progress, hasher.as_mut())
-                .await?;
-            if let (Some(job), Some(hasher)) = (expected, hasher) {
-                check_restored(job, written, Digest(hasher.finalize().into()))?;
-            }
-            file.sync_all()
+            let (written, digest) = self
+                .restore_through_writer(shard_id, log_id, file, progress, expected.is_some())
                 .await
-                .map_err(ClientError::io(format!("syncing {}", temp.display())))?;
+                .map_err(|e| e.in_file(&temp))?;
+            if let (Some(job), Some(digest)) = (expected, digest) {
+                check_restored(job, written, digest)?;
+            }
             Ok(written)
         }
         .await;
-        drop(file);
         let written = match restored {
             Ok(written) => written,
             Err(e) => {
@@ -126,6 +114,85 @@ impl Client {
             .map_err(ClientError::io(format!("renaming into {}", path.display())))?;
         sync_parent(path).await?;
         Ok(written)
+    }
+
+    /// Streams the segment into `file` through a thread of its own that hashes
+    /// (when `hash`), writes and finally fsyncs it, so receiving the next
+    /// chunks overlaps with writing these: no thread hop per chunk, and the
+    /// runtime thread never hashes. Returns the bytes written and their SHA-256.
+    async fn restore_through_writer(
+        &self,
+        shard_id: ShardId,
+        log_id: LogId,
+        file: std::fs::File,
+        progress: Option<Progress>,
+        hash: bool,
+    ) -> Result<(u64, Option<Digest>), WriterError> {
+        let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_AHEAD);
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut file = file;
+            let mut hasher = hash.then(Sha256::new);
+            let mut written = 0u64;
+            while let Some(chunk) = chunks_rx.blocking_recv() {
+                if let Some(hasher) = &mut hasher {
+                    hasher.update(&chunk);
+                }
+                file.write_all(&chunk)?;
+                written += chunk.len() as u64;
+            }
+            Ok::<_, std::io::Error>((file, written, hasher))
+        });
+        let received = async {
+            let mut chunks = self.restore_stream(shard_id, log_id).await?;
+            let mut received = 0u64;
+            while let Some(chunk) = chunks.message().await? {
+                received += chunk.data.len() as u64;
+                if chunks_tx.send(chunk.data).await.is_err() {
+                    // The writer stopped: its error says why.
+                    break;
+                }
+                if let Some(progress) = &progress {
+                    progress(received);
+                }
+            }
+            Ok::<_, ClientError>(())
+        }
+        .await;
+        drop(chunks_tx);
+        let written = writer
+            .await
+            .map_err(|e| WriterError::Io(std::io::Error::other(e)))
+            .and_then(|result| result.map_err(WriterError::Io));
+        // A failed stream explains more than the write it cut short.
+        received.map_err(WriterError::Client)?;
+        let (file, written, hasher) = written?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| WriterError::Sync(std::io::Error::other(e)))?
+            .map_err(WriterError::Sync)?;
+        Ok((written, hasher.map(|h| Digest(h.finalize().into()))))
+    }
+}
+
+/// Restored chunks received but not yet written: bounds the client's memory
+/// to a few messages while letting receiving run ahead of the disk.
+const WRITE_AHEAD: usize = 4;
+
+/// Why streaming into the temporary file stopped.
+enum WriterError {
+    Client(ClientError),
+    Io(std::io::Error),
+    Sync(std::io::Error),
+}
+
+impl WriterError {
+    fn in_file(self, temp: &Path) -> ClientError {
+        match self {
+            WriterError::Client(e) => e,
+            WriterError::Io(e) => ClientError::io(format!("writing {}", temp.display()))(e),
+            WriterError::Sync(e) => ClientError::io(format!("syncing {}", temp.display()))(e),
+        }
     }
 }
 
