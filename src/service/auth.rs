@@ -286,7 +286,7 @@ fn refused(extensions: &tonic::Extensions, err: AuthError) -> AuthError {
 }
 
 /// The caller's address, over plain TCP or TLS ("unknown" over other transports).
-pub fn peer(extensions: &tonic::Extensions) -> String {
+fn peer(extensions: &tonic::Extensions) -> String {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     extensions
         .get::<TcpConnectInfo>()

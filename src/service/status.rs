@@ -26,15 +26,16 @@ pub fn code(kind: ErrorKind) -> Code {
 /// The status a caller sees for `err`.
 pub fn status(err: impl Classified) -> Status {
     let (kind, message) = (err.kind(), err.to_string());
-    // Other bytes pushed under an archived segment's name, or an archive that
-    // no longer matches its record: events an operator must see, not only
-    // the caller. (Refused authentication is logged where it is decided.)
+    // Other bytes pushed under an archived segment's name; bytes that do not
+    // match their SHA-256 (an upload, a spool, an archive being restored):
+    // events an operator must see, not only the caller. (Refused
+    // authentication is logged where it is decided.)
     match kind {
         ErrorKind::AlreadyExists => {
             tracing::warn!(target: "security", %message, "push refused: conflicts with an archived segment")
         }
         ErrorKind::DataLoss => {
-            tracing::warn!(target: "integrity", %message, "damaged archive found")
+            tracing::warn!(target: "integrity", %message, "integrity check failed")
         }
         _ => {}
     }
