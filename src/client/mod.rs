@@ -39,6 +39,8 @@ use crate::types::{
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 const MAX_RESPONSE_MESSAGE: usize = 64 << 20;
+/// Largest HTTP/2 frame the server may send us (the server accepts the same from us).
+const MAX_FRAME_SIZE: u32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -156,7 +158,11 @@ impl Connection {
             .map_err(connect_error)?
             .connect_timeout(Duration::from_secs(10))
             .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(16 << 20));
+            .initial_connection_window_size(Some(16 << 20))
+            // A restore arrives in frames of this size: with HTTP/2's 16 KiB
+            // default a 10 MiB segment is 640 frames, each a wakeup of the
+            // connection and stream tasks.
+            .max_frame_size(Some(MAX_FRAME_SIZE));
         if url.starts_with("https://") || self.ca.is_some() || self.cert.is_some() {
             endpoint = endpoint
                 .tls_config(tls_config(self)?)
