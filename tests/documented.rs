@@ -22,20 +22,14 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 /// The server's threads: (name, nice value), from /proc/<pid>/task/*/stat.
 fn threads(pid: u32) -> Vec<(String, i64)> {
-    let mut found = Vec::new();
-    for task in list(Path::new(&format!("/proc/{pid}/task"))) {
-        // A thread may end between listing and reading.
-        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
-            continue;
-        };
-        // "tid (comm) state ppid …": comm may hold spaces, so split at its last ')'.
-        let (head, rest) = stat.rsplit_once(')').expect("stat line");
-        let name = head.split_once('(').expect("stat line").1.to_owned();
-        // After comm: state is field 3; nice is field 19.
-        let nice = rest.split_whitespace().nth(16).expect("nice field");
-        found.push((name, nice.parse().expect("nice value")));
-    }
-    found
+    thread_stats(pid)
+        .into_iter()
+        .map(|(name, fields)| {
+            // After comm: state is field 3; nice is field 19.
+            let nice = fields.get(16).expect("nice field");
+            (name, nice.parse().expect("nice value"))
+        })
+        .collect()
 }
 
 /// Threads named like the compression workers. zstd's own threads inherit

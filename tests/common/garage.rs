@@ -225,23 +225,19 @@ impl Garage {
         body.matches("<Upload>").count()
     }
 
-    /// SIGSTOP: Garage accepts connections (the kernel does) but answers nothing.
-    /// Stops Garage and returns once every one of its threads is stopped:
-    /// kill(2) returns before a busy thread has taken the signal, and such a
-    /// thread could still answer the next request.
+    /// SIGSTOP: Garage accepts connections (the kernel does) but answers
+    /// nothing. Returns once every one of its threads is stopped: kill(2)
+    /// returns before a busy thread has taken the signal, and such a thread
+    /// could still answer the next request.
     pub fn pause(&self) {
         super::signal(self.pid, libc::SIGSTOP);
-        let tasks = format!("/proc/{}/task", self.pid);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let threads: Vec<String> = std::fs::read_dir(&tasks)
-                .expect("Garage's threads")
-                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
-                .collect();
-            // The state follows the parenthesised command name, which may hold spaces.
-            let stopped = |stat: &String| {
-                stat.rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+            let threads = super::thread_stats(self.pid);
+            let stopped = |(_, fields): &(String, Vec<String>)| {
+                fields
+                    .first()
+                    .is_some_and(|state| matches!(state.as_str(), "T" | "t"))
             };
             if !threads.is_empty() && threads.iter().all(stopped) {
                 return;

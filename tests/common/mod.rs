@@ -300,6 +300,23 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// Each thread of process `pid`: its name and the fields of its
+/// /proc/<pid>/task/<tid>/stat after the name (state first).
+pub fn thread_stats(pid: u32) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    for task in list(Path::new(&format!("/proc/{pid}/task"))) {
+        // A thread may end between listing and reading.
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ppid …": comm may hold spaces, so split at its last ')'.
+        let (head, rest) = stat.rsplit_once(')').expect("stat line");
+        let name = head.split_once('(').expect("stat line").1.to_owned();
+        found.push((name, rest.split_whitespace().map(str::to_owned).collect()));
+    }
+    found
+}
+
 pub fn list(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
