@@ -22,7 +22,16 @@ async fn a_full_disk_after_the_ack_delays_the_archive_and_loses_nothing() {
     let disk = SmallDisk::mount(48);
     let server = Server::start_in(
         &disk.path().join("data"),
-        &["--min-free-bytes", "0", "--retry-max-backoff", "1"],
+        // Spool first: an idle worker following the upload would write the
+        // archive beside the arriving spool and fill the disk before the ack.
+        &[
+            "--min-free-bytes",
+            "0",
+            "--retry-max-backoff",
+            "1",
+            "--compress-while-receiving",
+            "false",
+        ],
     );
     let client = server.client().await;
     let mut rpc = server.rpc().await;
