@@ -266,7 +266,19 @@ fn bench_quick_runs_all_three_contenders() {
             .count();
         assert_eq!(rows, 3, "{method} in each restore:\n{stdout}");
     }
-    assert!(stdout.contains("\nTargets\n"), "{stdout}");
+    assert!(stdout.contains("\nTargets (floor"), "{stdout}");
+    // Each wall-time target carries the floor timed in this run beside what
+    // was measured: the target's ratio, the measured one and the floor.
+    let raw_target = stdout
+        .lines()
+        .find(|line| line.contains("raw, 1 shard: service ≤"))
+        .unwrap_or_else(|| panic!("no raw target:\n{stdout}"));
+    assert_eq!(raw_target.matches('×').count(), 4, "{raw_target}");
+    let ack_target = stdout
+        .lines()
+        .find(|line| line.contains("ack QUEUED p99 ≤"))
+        .unwrap_or_else(|| panic!("no ack target:\n{stdout}"));
+    assert!(ack_target.contains(" mean "), "{ack_target}");
 }
 
 /// A restore that ends with DATA_LOSS (the archive was damaged on disk) exits

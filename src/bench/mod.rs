@@ -24,6 +24,7 @@ mod baseline;
 mod child;
 mod contenders;
 mod corpus;
+mod floor;
 pub mod history;
 mod report;
 mod restore;
@@ -38,6 +39,7 @@ use crate::types::ContentKind;
 
 pub use baseline::baseline;
 use contenders::{Backend, measure_baseline, measure_service, measure_zstd_cli};
+pub use floor::RequiredWork;
 use report::{chart, markdown, mib, percentile_ms, splice_results, text};
 use restore::measure_restore;
 use s3::Garage;
@@ -121,6 +123,10 @@ pub struct WorkloadResult {
     /// The single large segment, not the small ones.
     pub big: bool,
     pub input_mib: f64,
+    /// Segments each shard keeps in flight.
+    pub concurrency: usize,
+    /// What the service must do beyond the CLI, timed on the same files.
+    pub required: RequiredWork,
     pub results: Vec<Measurement>,
 }
 
@@ -185,6 +191,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
         eprintln!("bench: {}", workload.name);
         let input: u64 =
             workload.files.iter().map(|f| file_size(f)).sum::<u64>() * workload.shards as u64;
+        let required = floor::measure(workload)?;
         let out = work.join("out");
         let baseline = measure_baseline(workload, &out, options.level)?;
         let cli = measure_zstd_cli(workload, &out, options.level)?;
@@ -222,6 +229,8 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
             shards: workload.shards,
             big: workload.big,
             input_mib: mib(input),
+            concurrency: options.concurrency,
+            required,
             results: raws
                 .into_iter()
                 .map(|raw| finish(raw, input, cli_wall, workload.kind))

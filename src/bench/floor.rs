@@ -1,0 +1,182 @@
+//! The least work any implementation of the service's contract must do beyond
+//! the zstd CLI's, timed on the workload's own files in the same run. It
+//! turns "the service is slower than the CLI" into "the service is this far
+//! above what it cannot avoid": a target below the floor cannot be met on
+//! this machine by any implementation of the same contract.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{BenchError, Workload, io};
+use crate::archive::JsonLinesChecker;
+use crate::types::ContentKind;
+
+/// Copies of every byte the service cannot avoid and the CLI does not make:
+/// the client's into its socket, the server's out of it, the server's into
+/// the spool (an acknowledgement means the bytes are durable in it).
+const REQUIRED_COPIES: f64 = 3.0;
+/// SHA-256 passes over every byte: the client computes the digest it sends,
+/// the server verifies every byte received against it before it acknowledges.
+const REQUIRED_SHA256_PASSES: f64 = 2.0;
+const READ_SIZE: usize = 1 << 20;
+
+/// One-thread CPU seconds over every byte a workload pushes (all shards).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RequiredWork {
+    pub sha256_cpu_secs: f64,
+    pub copy_cpu_secs: f64,
+    /// The exact check of every JSON line; 0 for raw segments.
+    pub json_check_cpu_secs: f64,
+    /// Segments pushed, over all shards.
+    pub segments: usize,
+}
+
+impl RequiredWork {
+    /// CPU seconds the service spends on the workload beyond what the CLI does.
+    pub fn extra_cpu_secs(&self) -> f64 {
+        REQUIRED_SHA256_PASSES * self.sha256_cpu_secs
+            + REQUIRED_COPIES * self.copy_cpu_secs
+            + self.json_check_cpu_secs
+    }
+
+    /// The service's least wall time ÷ the CLI's: the CLI's CPU plus the
+    /// extra work spread perfectly over every core, and never less than the
+    /// CLI itself.
+    pub fn floor_vs_cli(&self, cli_wall_secs: f64, cli_cpu_secs: f64, cores: usize) -> f64 {
+        let spread = (cli_cpu_secs + self.extra_cpu_secs()) / cores.max(1) as f64;
+        spread.max(cli_wall_secs) / cli_wall_secs
+    }
+
+    /// The least mean time from an upload's start to its acknowledgement with
+    /// `in_flight` uploads always open (Little's law): each needs its bytes
+    /// hashed twice and copied three times before the ack, on `cores` cores,
+    /// even if nothing else ran. The JSON check is not on this path.
+    pub fn ack_floor(&self, in_flight: usize, cores: usize) -> Duration {
+        let per_segment = (REQUIRED_SHA256_PASSES * self.sha256_cpu_secs
+            + REQUIRED_COPIES * self.copy_cpu_secs)
+            / self.segments.max(1) as f64;
+        Duration::from_secs_f64(per_segment * in_flight as f64 / cores.max(1) as f64)
+    }
+}
+
+/// Times the required work over the workload's files (page-cached by then),
+/// counting only the CPU of the work itself, not the reads feeding it.
+pub(super) fn measure(workload: &Workload) -> Result<RequiredWork, BenchError> {
+    let mut once = RequiredWork::default();
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut copy_target = vec![0u8; READ_SIZE];
+    for path in &workload.files {
+        let mut file =
+            std::fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
+        let mut hasher = Sha256::new();
+        let mut checker =
+            (workload.kind == ContentKind::JsonLines).then(|| JsonLinesChecker::new(usize::MAX));
+        loop {
+            let n = read_full(&mut file, &mut buf, path)?;
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            once.sha256_cpu_secs += thread_cpu(|| hasher.update(chunk));
+            once.copy_cpu_secs += thread_cpu(|| {
+                copy_target[..n].copy_from_slice(chunk);
+                std::hint::black_box(&copy_target);
+            });
+            if let Some(checker) = &mut checker {
+                let mut fed = Ok(());
+                once.json_check_cpu_secs += thread_cpu(|| fed = checker.feed(chunk));
+                fed.map_err(|e| invalid(path, e))?;
+            }
+        }
+        std::hint::black_box(hasher.finalize());
+        if let Some(checker) = checker {
+            let mut finished = Ok(());
+            once.json_check_cpu_secs += thread_cpu(|| finished = checker.finish().map(|_| ()));
+            finished.map_err(|e| invalid(path, e))?;
+        }
+    }
+    // Every shard pushes the same files.
+    let shards = workload.shards as f64;
+    Ok(RequiredWork {
+        sha256_cpu_secs: once.sha256_cpu_secs * shards,
+        copy_cpu_secs: once.copy_cpu_secs * shards,
+        json_check_cpu_secs: once.json_check_cpu_secs * shards,
+        segments: workload.files.len() * workload.shards,
+    })
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8], path: &Path) -> Result<usize, BenchError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+        }
+    }
+    Ok(filled)
+}
+
+fn invalid(path: &Path, error: impl std::fmt::Display) -> BenchError {
+    BenchError::Failed(format!(
+        "{} is not valid JSON lines: {error}",
+        path.display()
+    ))
+}
+
+/// CPU seconds this thread spent in `work`.
+fn thread_cpu(work: impl FnOnce()) -> f64 {
+    let before = thread_cpu_now();
+    work();
+    thread_cpu_now() - before
+}
+
+fn thread_cpu_now() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we pass it.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work() -> RequiredWork {
+        RequiredWork {
+            sha256_cpu_secs: 0.06,
+            copy_cpu_secs: 0.01,
+            json_check_cpu_secs: 0.15,
+            segments: 10,
+        }
+    }
+
+    #[test]
+    fn the_extra_work_is_spread_over_the_cores() {
+        // 0.4 CPU-s of the CLI + 2 × 0.06 + 3 × 0.01 + 0.15 = 0.7 CPU-s on
+        // 2 cores: 0.35 s against the CLI's 0.25 s.
+        let floor = work().floor_vs_cli(0.25, 0.4, 2);
+        assert!((floor - 1.4).abs() < 1e-9, "{floor}");
+    }
+
+    #[test]
+    fn the_floor_is_never_below_the_cli() {
+        // One large file: the CLI runs on one core, the extra fits on the other.
+        assert_eq!(work().floor_vs_cli(1.0, 1.0, 2), 1.0);
+    }
+
+    #[test]
+    fn the_ack_floor_follows_the_uploads_in_flight() {
+        // Per segment (2 × 0.06 + 3 × 0.01) / 10 = 15 ms of CPU; 8 uploads
+        // always open on 2 cores: 60 ms from start to ack on average.
+        let floor = work().ack_floor(8, 2).as_secs_f64();
+        assert!((floor - 0.060).abs() < 1e-9, "{floor}");
+    }
+}
