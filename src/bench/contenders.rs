@@ -70,9 +70,7 @@ pub(super) fn measure_zstd_cli(
                 .map(move |(i, file)| (file.clone(), out.join(format!("{shard}-{i}.zst"))))
         })
         .collect();
-    let parallel = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let parallel = crate::config::available_cores();
     let queue = Arc::new(std::sync::Mutex::new(jobs));
     let cpu_micros = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

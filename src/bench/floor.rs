@@ -18,10 +18,10 @@ use crate::types::ContentKind;
 /// Copies of every byte the service cannot avoid and the CLI does not make:
 /// the client's into its socket, the server's out of it, the server's into
 /// the spool (an acknowledgement means the bytes are durable in it).
-const REQUIRED_COPIES: f64 = 3.0;
+pub(super) const REQUIRED_COPIES: f64 = 3.0;
 /// SHA-256 passes over every byte: the client computes the digest it sends,
 /// the server verifies every byte received against it before it acknowledges.
-const REQUIRED_SHA256_PASSES: f64 = 2.0;
+pub(super) const REQUIRED_SHA256_PASSES: f64 = 2.0;
 const READ_SIZE: usize = 1 << 20;
 
 /// One-thread CPU seconds over every byte a workload pushes (all shards).
@@ -76,26 +76,29 @@ pub(super) fn measure(workload: &Workload) -> Result<RequiredWork, BenchError> {
         let mut checker =
             (workload.kind == ContentKind::JsonLines).then(|| JsonLinesChecker::new(usize::MAX));
         loop {
-            let n = read_full(&mut file, &mut buf, path)?;
+            let n = file
+                .read(&mut buf)
+                .map_err(io(format!("reading {}", path.display())))?;
             if n == 0 {
                 break;
             }
             let chunk = &buf[..n];
-            once.sha256_cpu_secs += thread_cpu(|| hasher.update(chunk));
+            once.sha256_cpu_secs += thread_cpu(|| hasher.update(chunk)).1;
             once.copy_cpu_secs += thread_cpu(|| {
                 copy_target[..n].copy_from_slice(chunk);
                 std::hint::black_box(&copy_target);
-            });
+            })
+            .1;
             if let Some(checker) = &mut checker {
-                let mut fed = Ok(());
-                once.json_check_cpu_secs += thread_cpu(|| fed = checker.feed(chunk));
+                let (fed, cpu) = thread_cpu(|| checker.feed(chunk));
+                once.json_check_cpu_secs += cpu;
                 fed.map_err(|e| invalid(path, e))?;
             }
         }
         std::hint::black_box(hasher.finalize());
         if let Some(checker) = checker {
-            let mut finished = Ok(());
-            once.json_check_cpu_secs += thread_cpu(|| finished = checker.finish().map(|_| ()));
+            let (finished, cpu) = thread_cpu(|| checker.finish());
+            once.json_check_cpu_secs += cpu;
             finished.map_err(|e| invalid(path, e))?;
         }
     }
@@ -109,18 +112,6 @@ pub(super) fn measure(workload: &Workload) -> Result<RequiredWork, BenchError> {
     })
 }
 
-fn read_full(file: &mut std::fs::File, buf: &mut [u8], path: &Path) -> Result<usize, BenchError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
-        }
-    }
-    Ok(filled)
-}
-
 fn invalid(path: &Path, error: impl std::fmt::Display) -> BenchError {
     BenchError::Failed(format!(
         "{} is not valid JSON lines: {error}",
@@ -128,11 +119,11 @@ fn invalid(path: &Path, error: impl std::fmt::Display) -> BenchError {
     ))
 }
 
-/// CPU seconds this thread spent in `work`.
-fn thread_cpu(work: impl FnOnce()) -> f64 {
+/// What `work` returned, and the CPU seconds this thread spent in it.
+fn thread_cpu<T>(work: impl FnOnce() -> T) -> (T, f64) {
     let before = thread_cpu_now();
-    work();
-    thread_cpu_now() - before
+    let value = work();
+    (value, thread_cpu_now() - before)
 }
 
 fn thread_cpu_now() -> f64 {

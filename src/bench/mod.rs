@@ -40,6 +40,7 @@ use crate::types::ContentKind;
 pub use baseline::baseline;
 use contenders::{Backend, measure_baseline, measure_service, measure_zstd_cli};
 pub use floor::RequiredWork;
+use floor::{REQUIRED_COPIES, REQUIRED_SHA256_PASSES};
 use report::{chart, markdown, mib, percentile_ms, splice_results, text};
 use restore::measure_restore;
 use s3::Garage;

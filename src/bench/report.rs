@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::*;
+use crate::config::available_cores;
 
 pub(super) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
@@ -52,7 +53,7 @@ const RSS_TARGET_SHARDS: usize = 16;
 const RESTORE_TARGET: f64 = 1.3;
 
 fn targets(report: &BenchReport) -> Vec<Target> {
-    let cores = cores();
+    let cores = available_cores();
     let find = |kind: ContentKind, shards: usize, big: bool| {
         report
             .workloads
@@ -222,8 +223,12 @@ pub(super) fn text(report: &BenchReport) -> String {
         let required = &workload.required;
         let _ = writeln!(
             out,
-            "  required beyond the CLI, one-thread CPU s: SHA-256 {:.3} (× 2), copy {:.3} (× 3), JSON check {:.3}",
-            required.sha256_cpu_secs, required.copy_cpu_secs, required.json_check_cpu_secs
+            "  required beyond the CLI, one-thread CPU s: SHA-256 {:.3} (× {}), copy {:.3} (× {}), JSON check {:.3}",
+            required.sha256_cpu_secs,
+            REQUIRED_SHA256_PASSES,
+            required.copy_cpu_secs,
+            REQUIRED_COPIES,
+            required.json_check_cpu_secs
         );
         for m in &workload.results {
             if let Some(requests) = &m.s3_requests {
@@ -337,14 +342,8 @@ fn pair(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 pub(super) fn markdown(report: &BenchReport, options: &BenchOptions) -> String {
-    let cores = cores();
+    let cores = available_cores();
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")

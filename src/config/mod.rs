@@ -327,7 +327,8 @@ impl Config {
     }
 }
 
-fn available_cores() -> usize {
+/// The cores this process may run on (1 when that cannot be told).
+pub fn available_cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
