@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
+use crate::store::WriteBack;
+
 use super::*;
 
 impl Client {
@@ -134,12 +136,14 @@ impl Client {
             let mut file = file;
             let mut hasher = hash.then(Sha256::new);
             let mut written = 0u64;
+            let mut write_back = WriteBack::every(WRITE_BACK_STEP);
             while let Some(chunk) = chunks_rx.blocking_recv() {
                 if let Some(hasher) = &mut hasher {
                     hasher.update(&chunk);
                 }
                 file.write_all(&chunk)?;
                 written += chunk.len() as u64;
+                write_back.wrote(&file, written);
             }
             Ok::<_, std::io::Error>((file, written, hasher))
         });
@@ -174,6 +178,10 @@ impl Client {
         Ok((written, hasher.map(|h| Digest(h.finalize().into()))))
     }
 }
+
+/// Written bytes after which their write-back is started, so the closing
+/// fsync waits for the last step only, not for the whole segment.
+const WRITE_BACK_STEP: u64 = 1 << 20;
 
 /// Restored chunks received but not yet written: bounds the client's memory
 /// to a few messages while letting receiving run ahead of the disk.

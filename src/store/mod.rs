@@ -18,7 +18,7 @@ pub use db::{FoundArchive, InsertOutcome, JobDb, ResolveOutcome};
 pub use local::{ARCHIVE_SUFFIX, LocalStore};
 pub use lock::DataDirLock;
 pub use s3::{S3Credentials, S3Options, S3Store, UPLOADS_DIR};
-pub use spool::{Spool, create_dir_durably, sync_dir};
+pub use spool::{Spool, WriteBack, create_dir_durably, sync_dir};
 
 use crate::error::{Classified, ErrorKind, IoError};
 use crate::types::{Digest, LogId, ShardId};

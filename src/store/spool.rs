@@ -76,6 +76,46 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Starts the kernel writing a file's pages every `step` bytes, so the fsync
+/// that makes the file durable has only the tail left to wait for, and the
+/// page cache does not fill with dirty pages that throttle the writes. A hint
+/// only: the fsync is what makes the bytes durable, so a failure here
+/// changes nothing.
+pub struct WriteBack {
+    step: u64,
+    started: u64,
+}
+
+impl WriteBack {
+    pub fn every(step: u64) -> WriteBack {
+        WriteBack { step, started: 0 }
+    }
+
+    /// `written` bytes of `file` are written so far (from offset 0).
+    pub fn wrote(&mut self, file: &File, written: u64) {
+        use std::os::fd::AsRawFd;
+        if written < self.started + self.step {
+            return;
+        }
+        let (Ok(offset), Ok(length)) = (
+            i64::try_from(self.started),
+            i64::try_from(written - self.started),
+        ) else {
+            return;
+        };
+        // SAFETY: a plain syscall on a descriptor `file` keeps open; it touches no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset,
+                length,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.started = written;
+    }
+}
+
 /// Creates `dir` (and its parents) with a durable entry: without its
 /// parent's fsync a power cut can take the directory and every file in it,
 /// fsynced or not (tests/powerloss.rs).
