@@ -39,8 +39,8 @@ use crate::types::ContentKind;
 
 pub use baseline::baseline;
 use contenders::{Backend, measure_baseline, measure_service, measure_zstd_cli};
+use floor::REQUIRED_SHA256_PASSES;
 pub use floor::RequiredWork;
-use floor::{REQUIRED_COPIES, REQUIRED_SHA256_PASSES};
 use report::{chart, markdown, mib, percentile_ms, splice_results, text};
 use restore::measure_restore;
 use s3::Garage;
@@ -192,7 +192,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BenchError> {
         eprintln!("bench: {}", workload.name);
         let input: u64 =
             workload.files.iter().map(|f| file_size(f)).sum::<u64>() * workload.shards as u64;
-        let required = floor::measure(workload)?;
+        let required = floor::measure(workload, work)?;
         let out = work.join("out");
         let baseline = measure_baseline(workload, &out, options.level)?;
         let cli = measure_zstd_cli(workload, &out, options.level)?;

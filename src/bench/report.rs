@@ -223,11 +223,11 @@ pub(super) fn text(report: &BenchReport) -> String {
         let required = &workload.required;
         let _ = writeln!(
             out,
-            "  required beyond the CLI, one-thread CPU s: SHA-256 {:.3} (× {}), copy {:.3} (× {}), JSON check {:.3}",
+            "  required beyond the CLI, one-thread CPU s: SHA-256 {:.3} (× {}), loopback TCP send + receive {:.3}, spool write + fsync {:.3}, JSON check {:.3}",
             required.sha256_cpu_secs,
             REQUIRED_SHA256_PASSES,
-            required.copy_cpu_secs,
-            REQUIRED_COPIES,
+            required.transfer_cpu_secs,
+            required.spool_cpu_secs,
             required.json_check_cpu_secs
         );
         for m in &workload.results {
@@ -378,8 +378,8 @@ pub(super) fn markdown(report: &BenchReport, options: &BenchOptions) -> String {
     let _ = writeln!(
         md,
         "Floor: the least any implementation of the same contract could measure on this machine, from the \
-         work the CLI does not do, timed on the same files in this run (2 SHA-256 passes, 3 copies, the JSON \
-         check; see \"Floors\" above).\n"
+         work the CLI does not do, timed on the same files in this run (2 SHA-256 passes, the bytes sent and \
+         received over loopback TCP, written and fsynced as the spool, the JSON check; see \"Floors\" above).\n"
     );
     let _ = writeln!(
         md,
