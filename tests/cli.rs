@@ -16,6 +16,14 @@ fn cli(server: &Server, args: &[&str]) -> Output {
         .expect("run wal-archiver")
 }
 
+/// `wal-archiver push --shard SHARD --wal-dir DIR --up-to UP_TO`, then `more`.
+fn push_dir(server: &Server, shard: &str, dir: &Path, up_to: &str, more: &[&str]) -> Output {
+    let dir = dir.to_str().expect("utf-8 path");
+    let mut args = vec!["push", "--shard", shard, "--wal-dir", dir, "--up-to", up_to];
+    args.extend_from_slice(more);
+    cli(server, &args)
+}
+
 /// `wal-archiver restore --shard 1 --log-id 1 -o OUT`.
 fn restore_shard_1_log_1(server: &Server, out: &Path) -> Output {
     let out = out.to_str().expect("utf-8 path");
@@ -61,21 +69,12 @@ async fn tour_push_dir_watch_restore_inspect() {
     std::fs::rename(wal.join("wal-00009.log"), wal.join("wal-9.log")).unwrap();
     std::fs::write(wal.join("notes.txt"), "not a segment").unwrap();
 
-    let report = json(cli(
+    let report = json(push_dir(
         &server,
-        &[
-            "push",
-            "--shard",
-            "4",
-            "--wal-dir",
-            wal_str,
-            "--up-to",
-            "11",
-            "--kind",
-            "json-lines",
-            "--delete",
-            "--json",
-        ],
+        "4",
+        &wal,
+        "11",
+        &["--kind", "json-lines", "--delete", "--json"],
     ));
     let pushed: Vec<u64> = report["pushed"]
         .as_array()
@@ -165,20 +164,12 @@ async fn delete_keeps_every_file_when_anything_failed() {
     std::fs::write(wal.join("wal-1.log"), json_segment(1, 50_000)).unwrap();
     std::fs::write(wal.join("wal-2.log"), b"{\"ok\":1}\nnot json\n").unwrap();
     std::fs::write(wal.join("wal-3.log"), json_segment(3, 50_000)).unwrap();
-    let output = cli(
+    let output = push_dir(
         &server,
-        &[
-            "push",
-            "--shard",
-            "1",
-            "--wal-dir",
-            wal.to_str().unwrap(),
-            "--up-to",
-            "10",
-            "--kind",
-            "json-lines",
-            "--delete",
-        ],
+        "1",
+        wal,
+        "10",
+        &["--kind", "json-lines", "--delete"],
     );
     assert!(
         !output.status.success(),
@@ -192,6 +183,37 @@ async fn delete_keeps_every_file_when_anything_failed() {
             "{name} must not be deleted"
         );
     }
+}
+
+/// A WAL directory whose segments are symlinks (to another volume, say) is
+/// pushed like one of regular files; a directory with nothing to push says
+/// so instead of printing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_dir_follows_symlinks_and_says_when_nothing_matched() {
+    let server = Server::start(&[]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path();
+    let target = elsewhere.path().join("segment-1");
+    std::fs::write(&target, json_segment(1, 20_000)).unwrap();
+    std::os::unix::fs::symlink(&target, wal.join("wal-1.log")).unwrap();
+    std::fs::write(wal.join("wal-2.log"), json_segment(2, 20_000)).unwrap();
+    let stdout = ok(push_dir(&server, "1", wal, "10", &["--wait"]));
+    assert_eq!(stdout.matches("ARCHIVED").count(), 2, "{stdout}");
+    let restored = dir.path().join("restored-1");
+    ok(restore_shard_1_log_1(&server, &restored));
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(&target).unwrap()
+    );
+
+    let nothing = push_dir(&server, "1", wal, "1", &[]);
+    assert!(nothing.status.success(), "nothing to push is not an error");
+    let stderr = String::from_utf8_lossy(&nothing.stderr);
+    assert!(
+        stderr.contains("no wal-<log_id>.log below log_id 1"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,12 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     if args.client.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if report.pushed.is_empty() && report.failed.is_empty() {
+            eprintln!(
+                "nothing to push: no wal-<log_id>.log below log_id {up_to} in {}",
+                dir.display()
+            );
+        }
         for (_, job) in &report.pushed {
             println!("{}", job_line(job));
         }

@@ -165,7 +165,8 @@ impl Client {
         })
     }
 
-    /// Every `wal-<id>.log` in `dir` with id below `up_to`, in numeric order.
+    /// Every `wal-<id>.log` in `dir` with id below `up_to`, in numeric order:
+    /// regular files, or symlinks to them.
     pub fn wal_files(dir: &Path, up_to: LogId) -> Result<Vec<(LogId, PathBuf)>, ClientError> {
         let entries = std::fs::read_dir(dir)
             .map_err(ClientError::io(format!("listing {}", dir.display())))?;
@@ -174,7 +175,7 @@ impl Client {
             .filter_map(|entry| {
                 let name = entry.file_name();
                 let id = parse_wal_name(name.to_str()?)?;
-                (id < up_to && entry.file_type().ok()?.is_file()).then(|| (id, entry.path()))
+                (id < up_to && entry.path().is_file()).then(|| (id, entry.path()))
             })
             .collect();
         files.sort_by_key(|(id, _)| *id);
