@@ -175,7 +175,8 @@ impl Client {
             .filter_map(|entry| {
                 let name = entry.file_name();
                 let id = parse_wal_name(name.to_str()?)?;
-                (id < up_to && entry.path().is_file()).then(|| (id, entry.path()))
+                let path = entry.path();
+                (id < up_to && path.is_file()).then_some((id, path))
             })
             .collect();
         files.sort_by_key(|(id, _)| *id);

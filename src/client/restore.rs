@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
-use crate::store::WriteBack;
+use crate::store::{WriteBack, sync_dir};
 
 use super::*;
 
@@ -230,7 +230,7 @@ async fn sync_parent(path: &Path) -> Result<(), ClientError> {
         _ => PathBuf::from("."),
     };
     let context = format!("syncing directory {}", parent.display());
-    tokio::task::spawn_blocking(move || std::fs::File::open(&parent)?.sync_all())
+    tokio::task::spawn_blocking(move || sync_dir(&parent))
         .await
         .map_err(|e| ClientError::io(context.clone())(std::io::Error::other(e)))?
         .map_err(ClientError::io(context))
