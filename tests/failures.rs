@@ -471,20 +471,129 @@ async fn client_that_aborts_mid_upload_never_commits() {
         .await;
         assert!(server.archives(shard).is_empty());
 
-        // The same segment pushed again, whole, succeeds.
-        let mut rpc = server.rpc().await;
-        let reply = push(&mut rpc, header(shard, 7, &data), &data)
-            .await
-            .unwrap();
-        let archived = server
-            .client()
-            .await
-            .wait(reply.job.unwrap().job_id)
-            .await
-            .unwrap();
-        assert_eq!(archived.size, Some(data.len() as u64));
-        assert_eq!(zstd_decode(&server.archive_path(shard, 7)), data);
+        pushed_again_whole(&server, shard, 7, &data).await;
     }
+}
+
+/// The segment pushed again, whole, is archived.
+async fn pushed_again_whole(server: &Server, shard: u32, log: u64, data: &[u8]) {
+    let mut rpc = server.rpc().await;
+    let reply = push(&mut rpc, header(shard, log, data), data)
+        .await
+        .unwrap();
+    let archived = server
+        .client()
+        .await
+        .wait(reply.job.unwrap().job_id)
+        .await
+        .unwrap();
+    assert_eq!(archived.size, Some(data.len() as u64));
+    assert_eq!(zstd_decode(&server.archive_path(shard, log)), data);
+}
+
+/// Holds the jobs database's write lock the way another process (a backup
+/// tool, say) can, so a server's next write waits for `release`.
+struct LockedJobsDb(rusqlite::Connection);
+
+impl LockedJobsDb {
+    fn hold(server: &Server) -> LockedJobsDb {
+        let holder = rusqlite::Connection::open(server.data_dir.join("jobs.db")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        LockedJobsDb(holder)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("COMMIT;").unwrap();
+    }
+}
+
+/// The one job of `shard` once it is in a terminal state.
+async fn terminal_job(server: &Server, shard: u32) -> proto::Job {
+    eventually(Duration::from_secs(30), || async {
+        let job = jobs_of(server, shard).await.into_iter().next()?;
+        let done = matches!(
+            job_state(&job),
+            proto::JobState::Archived | proto::JobState::Failed | proto::JobState::Cancelled
+        );
+        done.then_some(job)
+    })
+    .await
+}
+
+/// A client that goes away while the server is still recording its job (the
+/// write waits for the jobs database's lock) must not leave the job RECEIVING
+/// for good: every retry of the segment would be refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_aborts_while_its_job_is_recorded_can_push_again() {
+    let server = Server::start(&[]);
+    let data = json_segment(3, 400_000);
+    let lock = LockedJobsDb::hold(&server);
+    let mut rpc = server.rpc().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(header_msg(header(1, 7, &data))).await.unwrap();
+    let call = tokio::spawn(async move { rpc.archive(ReceiverStream::new(rx)).await });
+    // The server has the header by now and waits to write the job's row.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    call.abort();
+    drop(tx);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lock.release();
+
+    let job = terminal_job(&server, 1).await;
+    assert_eq!(job_state(&job), proto::JobState::Failed, "{job:?}");
+    assert!(
+        job.reason.contains("interrupted") || job.reason.contains("mismatch"),
+        "{}",
+        job.reason
+    );
+    eventually(Duration::from_secs(30), || async {
+        server.spool_files().is_empty().then_some(())
+    })
+    .await;
+    pushed_again_whole(&server, 1, 7, &data).await;
+}
+
+/// A client that goes away after sending its whole segment, while the server
+/// commits it (the commit waits for the jobs database's lock), must not leave
+/// a QUEUED job without its spool file: a retry would be answered
+/// "deduplicated" for a segment that is never archived. The commit, once
+/// begun, completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_aborts_while_its_segment_is_committed_gets_it_archived() {
+    let server = Server::start(&[]);
+    let data = json_segment(3, 400_000);
+    let mut rpc = server.rpc().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(header_msg(header(1, 7, &data))).await.unwrap();
+    for m in data_msgs(&data, 50_000) {
+        tx.send(m).await.unwrap();
+    }
+    let call = tokio::spawn(async move { rpc.archive(ReceiverStream::new(rx)).await });
+    eventually(Duration::from_secs(30), || async {
+        (jobs_of(&server, 1).await.len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lock = LockedJobsDb::hold(&server);
+    // The stream ends whole: the server verifies it and waits to commit it…
+    drop(tx);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // …when the client goes away before its answer.
+    call.abort();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lock.release();
+
+    let job = terminal_job(&server, 1).await;
+    assert_eq!(job_state(&job), proto::JobState::Archived, "{job:?}");
+    assert_eq!(zstd_decode(&server.archive_path(1, 7)), data);
+    eventually(Duration::from_secs(30), || async {
+        server.spool_files().is_empty().then_some(())
+    })
+    .await;
+    let mut rpc = server.rpc().await;
+    let again = push(&mut rpc, header(1, 7, &data), &data).await.unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(again.job.unwrap().job_id, job.job_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

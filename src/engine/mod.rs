@@ -234,7 +234,7 @@ impl Archiver {
     /// Starts taking a segment in. See `Begin`.
     pub async fn begin(&self, request: SegmentRequest) -> Result<Begin, EngineError> {
         self.check_owned(request.shard_id)?;
-        ingest::begin(self.parts.intake.clone(), request).await
+        detached(ingest::begin(self.parts.intake.clone(), request)).await
     }
 
     pub async fn job(&self, id: JobId) -> Result<Job, EngineError> {
@@ -279,9 +279,11 @@ impl Archiver {
             ));
         }
         let db = self.parts.jobs.db.clone();
-        let outcome = blocking(move || Ok(db.resolve(shard_id, log_id, &reason, &by)?)).await?;
-        match outcome {
-            ResolveOutcome::Resolved(resolution) => {
+        let outcome = blocking(move || {
+            let outcome = db.resolve(shard_id, log_id, &reason, &by)?;
+            // Logged with the change, not after the await: a caller gone
+            // before its answer must not cost the audit line.
+            if let ResolveOutcome::Resolved(resolution) = &outcome {
                 tracing::warn!(
                     target: "audit",
                     shard_id,
@@ -290,8 +292,12 @@ impl Archiver {
                     reason = %resolution.reason,
                     "segment resolved: the watermark may pass it although it was never archived"
                 );
-                Ok(resolution)
             }
+            Ok(outcome)
+        })
+        .await?;
+        match outcome {
+            ResolveOutcome::Resolved(resolution) => Ok(resolution),
             ResolveOutcome::NotSubmitted => Err(EngineError::NotSubmitted { shard_id, log_id }),
             ResolveOutcome::Archived => Err(EngineError::AlreadyArchived { shard_id, log_id }),
             ResolveOutcome::Active(job_id, state) => Err(EngineError::StillActive {
@@ -319,7 +325,8 @@ impl Archiver {
 
     /// Cancels a receiving, queued or compressing job.
     pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
-        self.parts.jobs.cancel(id).await
+        let jobs = self.parts.jobs.clone();
+        detached(async move { jobs.cancel(id).await }).await
     }
 
     /// Streams a segment's original bytes, verified against its job; the last
@@ -377,6 +384,20 @@ impl Archiver {
             let _ = join.await;
         }
     }
+}
+
+/// Runs a step that records state on a task of its own and waits for it. A
+/// gRPC handler is dropped wherever it awaits when its client resets the
+/// stream; a step cut there would leave what it already recorded without its
+/// owner (a RECEIVING job no upload will end, a QUEUED job whose spool the
+/// upload's drop removed). Detached, the step completes, and what it hands
+/// back to no one is dropped, which ends it cleanly.
+async fn detached<T: Send + 'static>(
+    step: impl Future<Output = Result<T, EngineError>> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::spawn(step)
+        .await
+        .map_err(|e| EngineError::Internal(format!("engine task failed: {e}")))?
 }
 
 /// Runs a blocking closure (database, filesystem) off the async threads.

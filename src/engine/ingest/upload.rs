@@ -14,7 +14,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::{Accepted, Holds, Intake, QueuePlace, known_or_conflict, too_large};
 use crate::engine::crash_point::{self, CrashPoint};
 use crate::engine::pipeline::{Feed, Handoff};
-use crate::engine::{EngineError, blocking};
+use crate::engine::{EngineError, blocking, detached};
 use crate::error::IoError;
 use crate::store::WriteBack;
 use crate::telemetry;
@@ -204,8 +204,13 @@ impl Upload {
     }
 
     /// Verifies size and digest, makes the spool durable, commits QUEUED and
-    /// puts the job on its shard's queue.
-    pub async fn finish(mut self, trailer: Trailer) -> Result<Accepted, EngineError> {
+    /// puts the job on its shard's queue. Runs to its end even when the caller
+    /// is dropped: a commit once begun ends QUEUED and queued, or FAILED.
+    pub async fn finish(self, trailer: Trailer) -> Result<Accepted, EngineError> {
+        detached(self.complete(trailer)).await
+    }
+
+    async fn complete(mut self, trailer: Trailer) -> Result<Accepted, EngineError> {
         self.absorb_pending().await?;
         let (sink, declared) = match self.verify(trailer) {
             Ok(verified) => verified,
