@@ -66,7 +66,7 @@ config_keys! {
     compression_level: i32 = 3;
     /// Largest segment accepted, in bytes.
     max_segment_size: u64 = 4 << 30, unit = Bytes;
-    /// Largest data chunk in one request message (and restore chunk size), in bytes.
+    /// Largest data chunk in one request message, in bytes (restores send chunks of at most 256 KiB).
     max_chunk_size: usize = 1 << 20, unit = Bytes;
     /// Pushes are refused while the data dir has less free space than this plus the declared segment size, in bytes.
     min_free_bytes: u64 = 256 << 20, unit = Bytes;

@@ -167,7 +167,7 @@ impl Archiver {
             restorer: Restorer {
                 db: db.clone(),
                 store: store.clone(),
-                chunk_size: config.max_chunk_size,
+                chunk_size: config.max_chunk_size.min(restore::MAX_RESTORE_CHUNK),
                 slots: Arc::new(Semaphore::new(config.restores())),
                 limit: config.restores(),
                 idle: Duration::from_secs(config.receive_idle_timeout),

@@ -23,6 +23,12 @@ use crate::types::{Job, LogId, ShardId};
 /// Decoded chunks waiting for the reader: decoding runs this far ahead.
 const AHEAD: usize = 2;
 
+/// Largest restore chunk (`max_chunk_size` when that is smaller). The last
+/// chunk is held until the digest is proven, and the client's write of it
+/// ends the restore: a small one shortens that tail. 10 MiB segments restored
+/// 10–15 % faster with 256 KiB than with 1 MiB chunks, a 1 GiB one no slower.
+pub(super) const MAX_RESTORE_CHUNK: usize = 256 << 10;
+
 pub(super) struct Restorer {
     pub db: Arc<JobDb>,
     pub store: Arc<dyn ArchiveStore>,
