@@ -491,22 +491,6 @@ async fn pushed_again_whole(server: &Server, shard: u32, log: u64, data: &[u8]) 
     assert_eq!(zstd_decode(&server.archive_path(shard, log)), data);
 }
 
-/// Holds the jobs database's write lock the way another process (a backup
-/// tool, say) can, so a server's next write waits for `release`.
-struct LockedJobsDb(rusqlite::Connection);
-
-impl LockedJobsDb {
-    fn hold(server: &Server) -> LockedJobsDb {
-        let holder = rusqlite::Connection::open(server.data_dir.join("jobs.db")).unwrap();
-        holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
-        LockedJobsDb(holder)
-    }
-
-    fn release(self) {
-        self.0.execute_batch("COMMIT;").unwrap();
-    }
-}
-
 /// The one job of `shard` once it is in a terminal state.
 async fn terminal_job(server: &Server, shard: u32) -> proto::Job {
     eventually(Duration::from_secs(30), || async {
@@ -527,7 +511,7 @@ async fn terminal_job(server: &Server, shard: u32) -> proto::Job {
 async fn client_that_aborts_while_its_job_is_recorded_can_push_again() {
     let server = Server::start(&[]);
     let data = json_segment(3, 400_000);
-    let lock = LockedJobsDb::hold(&server);
+    let lock = server.lock_jobs_db();
     let mut rpc = server.rpc().await;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tx.send(header_msg(header(1, 7, &data))).await.unwrap();
@@ -574,7 +558,7 @@ async fn client_that_aborts_while_its_segment_is_committed_gets_it_archived() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let lock = LockedJobsDb::hold(&server);
+    let lock = server.lock_jobs_db();
     // The stream ends whole: the server verifies it and waits to commit it…
     drop(tx);
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -11,9 +11,9 @@ use common::*;
 use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use wal_archiver::client::PushOptions;
+use wal_archiver::client::{Client, PushOptions, RetryPolicy};
 use wal_archiver::proto;
-use wal_archiver::types::{ContentKind, JobState};
+use wal_archiver::types::{AckLevel, ContentKind, JobId, JobState};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -60,6 +60,39 @@ fn write_segment(dir: &std::path::Path, name: &str, seed: u64, size: usize) -> s
     path
 }
 
+/// One compression worker, no lane for small jobs, no zstd threads: while
+/// `occupy_the_worker` holds it, every other push stays QUEUED.
+const ONE_WORKER: [&str; 6] = [
+    "--archive-parallelism",
+    "1",
+    "--multithread-min-size",
+    "0",
+    "--small-job-size",
+    "0",
+];
+
+/// Pushes `size` bytes at zstd level 19 as `shard`'s log 1 and waits until
+/// the server's one worker compresses it, so the next push stays QUEUED.
+async fn occupy_the_worker(
+    client: &Client,
+    dir: &std::path::Path,
+    shard: u32,
+    size: usize,
+) -> JobId {
+    let slow = write_segment(dir, "slow.log", 3, size);
+    let running = client
+        .push_file(shard, 1, &slow, &slow_options())
+        .await
+        .unwrap()
+        .job
+        .id;
+    eventually(LIMIT, || async {
+        (client.job(running).await.ok()?.state == JobState::Compressing).then_some(())
+    })
+    .await;
+    running
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_sees_every_state_in_order() {
     let server = Server::start(&[]);
@@ -98,14 +131,7 @@ async fn watch_sees_every_state_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_in_every_state() {
-    let server = Server::start(&[
-        "--archive-parallelism",
-        "1",
-        "--multithread-min-size",
-        "0",
-        "--small-job-size",
-        "0",
-    ]);
+    let server = Server::start(&ONE_WORKER);
     let client = server.client().await;
     let dir = tempfile::tempdir().unwrap();
 
@@ -124,13 +150,7 @@ async fn cancel_in_every_state() {
     drop(tx);
 
     // COMPRESSING and QUEUED: one worker, busy with a slow segment.
-    let slow = write_segment(dir.path(), "slow.log", 3, 24 << 20);
-    let running = client
-        .push_file(2, 1, &slow, &slow_options())
-        .await
-        .unwrap()
-        .job
-        .id;
+    let running = occupy_the_worker(&client, dir.path(), 2, 24 << 20).await;
     let queued_path = write_segment(dir.path(), "queued.log", 4, 100_000);
     let queued = client
         .push_file(2, 2, &queued_path, &PushOptions::default())
@@ -138,10 +158,6 @@ async fn cancel_in_every_state() {
         .unwrap()
         .job
         .id;
-    eventually(LIMIT, || async {
-        (client.job(running).await.ok()?.state == JobState::Compressing).then_some(())
-    })
-    .await;
     assert_eq!(client.job(queued).await.unwrap().state, JobState::Queued);
     assert_eq!(
         client.cancel(queued).await.unwrap().state,
@@ -172,6 +188,45 @@ async fn cancel_in_every_state() {
     let refused = client.cancel(done.id).await.unwrap_err();
     assert_eq!(refused.code(), Some(Code::FailedPrecondition));
     assert!(refused.to_string().contains("ARCHIVED"), "{refused}");
+}
+
+/// A cancel of a QUEUED job cut by its deadline (the jobs database was
+/// locked) still completes: the job ends CANCELLED, and a push waiting for
+/// it to be ARCHIVED is told so instead of waiting for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_past_its_deadline_still_ends_the_wait_for_archived() {
+    let server = Server::start(&[&ONE_WORKER[..], &["--unary-timeout-ms", "200"]].concat());
+    let client = server.client().await.retry_policy(RetryPolicy::none());
+    let dir = tempfile::tempdir().unwrap();
+    occupy_the_worker(&client, dir.path(), 2, 24 << 20).await;
+    let queued_path = write_segment(dir.path(), "queued.log", 4, 100_000);
+    let waiter = client.clone();
+    let waiting = tokio::spawn(async move {
+        let archived = PushOptions {
+            ack: AckLevel::Archived,
+            ..PushOptions::default()
+        };
+        waiter.push_file(2, 2, &queued_path, &archived).await
+    });
+    let queued = job_id_in(&server, 2, proto::JobState::Queued).await;
+
+    let lock = server.lock_jobs_db();
+    let late = client.cancel(queued).await.unwrap_err();
+    assert_eq!(late.code(), Some(Code::DeadlineExceeded), "{late}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.release();
+
+    let ended = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the push waiting for ARCHIVED was never told of the cancel")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Some(Code::Aborted), "{ended}");
+    assert!(
+        ended.to_string().contains("cancelled by request"),
+        "{ended}"
+    );
+    assert_eq!(client.job(queued).await.unwrap().state, JobState::Cancelled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,13 +377,7 @@ async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
     let dir = tempfile::tempdir().unwrap();
     // Level 19 on 16 MiB takes about 14 s of CPU on this project's machines,
     // far past the 1 s grace.
-    let slow = write_segment(dir.path(), "slow.log", 7, 16 << 20);
-    let running = client
-        .push_file(1, 1, &slow, &slow_options())
-        .await
-        .unwrap()
-        .job
-        .id;
+    let running = occupy_the_worker(&client, dir.path(), 1, 16 << 20).await;
     let mut queued = Vec::new();
     for log_id in 2..=3 {
         let path = write_segment(dir.path(), &format!("q{log_id}"), 10 + log_id, 100_000);
@@ -343,10 +392,6 @@ async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
             path,
         ));
     }
-    eventually(LIMIT, || async {
-        (client.job(running).await.ok()?.state == JobState::Compressing).then_some(())
-    })
-    .await;
 
     signal(server.pid(), libc::SIGTERM);
     let channel = tonic::transport::Endpoint::from_shared(server.url())
@@ -412,7 +457,7 @@ async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
     );
     assert_eq!(
         zstd_decode(&server.archive_path(1, 1)),
-        std::fs::read(&slow).unwrap()
+        std::fs::read(dir.path().join("slow.log")).unwrap()
     );
     for (log_id, id, path) in queued {
         client.wait(id).await.unwrap();

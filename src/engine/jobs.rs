@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::events::Events;
 use super::ingest::Receiving;
-use super::{EngineError, blocking};
+use super::{EngineError, blocking, detached};
 use crate::queue::{Interrupt, Scheduler};
 use crate::store::{JobDb, Spool};
 use crate::types::{Job, JobFilter, JobId, JobState, ShardId, ShardStatus};
@@ -127,8 +127,11 @@ impl Jobs {
                 self.receiving.cancel(id);
                 self.wait_terminal(id).await
             }
+            // Off its queue now: the rest (row, spool, the event a push
+            // waiting for ARCHIVED wakes on) completes if the caller goes away.
             JobState::Queued if self.scheduler.remove_queued(job.shard_id, id) => {
-                self.cancel_queued(id).await
+                let jobs = self.clone();
+                detached(async move { jobs.cancel_queued(id).await }).await
             }
             // Queued but already taken by a worker, or compressing: the worker
             // owns the job's state, so ask it and wait for what it records.

@@ -325,8 +325,7 @@ impl Archiver {
 
     /// Cancels a receiving, queued or compressing job.
     pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
-        let jobs = self.parts.jobs.clone();
-        detached(async move { jobs.cancel(id).await }).await
+        self.parts.jobs.cancel(id).await
     }
 
     /// Streams a segment's original bytes, verified against its job; the last

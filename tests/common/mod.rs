@@ -475,3 +475,22 @@ pub fn recovery_report(log: &str) -> Option<std::collections::BTreeMap<String, u
             .collect(),
     )
 }
+
+/// The jobs database's write lock, held the way another process (a backup
+/// tool, say) can: the server's next write waits for `release` (up to its
+/// 10 s busy timeout).
+pub struct JobsDbLock(rusqlite::Connection);
+
+impl Server {
+    pub fn lock_jobs_db(&self) -> JobsDbLock {
+        let holder = rusqlite::Connection::open(self.data_dir.join("jobs.db")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        JobsDbLock(holder)
+    }
+}
+
+impl JobsDbLock {
+    pub fn release(self) {
+        self.0.execute_batch("COMMIT;").unwrap();
+    }
+}
