@@ -6,8 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::calls::assert_status;
 use common::disk::{SmallDisk, noise};
 use common::*;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use wal_archiver::proto;
 use wal_archiver::types::JobState;
@@ -552,6 +554,58 @@ async fn a_damaged_archive_is_repaired_by_a_push_of_the_same_bytes() {
             .deduplicated
     );
     assert_eq!(client.shard(1).await.unwrap().archived_watermark, Some(2));
+}
+
+/// Two pushes repairing the same lost archive at once: the second is told the
+/// segment is being received (ABORTED, retry later) instead of truncating the
+/// spool file the first one is writing, and the first repair ends ARCHIVED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_repair_of_a_segment_at_a_time() {
+    let server = Server::start(&[]);
+    let mut rpc = server.rpc().await;
+    let data = json_segment(1, 400_000);
+    let mut archived = header(1, 1, &data);
+    archived.ack = proto::AckLevel::Archived as i32;
+    push(&mut rpc, archived, &data).await.unwrap();
+    std::fs::remove_file(server.archive_path(1, 1)).unwrap();
+
+    // The first repair sends half the segment and holds its stream open.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(header_msg(header(1, 1, &data))).await.unwrap();
+    let half = data.len() / 2;
+    for message in data_msgs(&data[..half], 50_000) {
+        tx.send(message).await.unwrap();
+    }
+    let mut first_rpc = server.rpc().await;
+    let first = tokio::spawn(async move { first_rpc.archive(ReceiverStream::new(rx)).await });
+    eventually(Duration::from_secs(30), || async {
+        (!server.spool_files().is_empty()).then_some(())
+    })
+    .await;
+
+    let second = push(&mut rpc, header(1, 1, &data), &data)
+        .await
+        .unwrap_err();
+    assert_status(
+        &second,
+        Code::Aborted,
+        "is being received by another stream",
+    );
+
+    for message in data_msgs(&data[half..], 50_000) {
+        tx.send(message).await.unwrap();
+    }
+    drop(tx);
+    let repaired = first.await.unwrap().unwrap().into_inner();
+    assert!(!repaired.deduplicated);
+    let job = server
+        .client()
+        .await
+        .wait(repaired.job.unwrap().job_id)
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Archived);
+    assert_eq!(zstd_decode(&server.archive_path(1, 1)), data);
 }
 
 /// During shutdown_grace the server keeps answering: health NOT_SERVING,

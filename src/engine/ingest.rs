@@ -81,6 +81,18 @@ impl Receiving {
     fn forget(&self, id: JobId) {
         self.lock().remove(&id);
     }
+
+    /// Registers a live upload for the existing job `id` (a repair); `None`
+    /// when one is live already.
+    fn claim(&self, id: JobId) -> Option<CancellationToken> {
+        let mut live = self.lock();
+        if live.contains_key(&id) {
+            return None;
+        }
+        let token = CancellationToken::new();
+        live.insert(id, token.clone());
+        Some(token)
+    }
 }
 
 /// A place on a shard's queue, taken when the header arrives so a full queue
@@ -184,7 +196,19 @@ pub(super) async fn begin(
             Recorded::Existing(existing)
                 if needs_repair(&intake, &existing, request.sha256).await =>
             {
-                let file = spool_file(&intake, existing.id).await?;
+                // One repair at a time: a second one would truncate the
+                // first one's spool file under it.
+                let cancel = intake
+                    .receiving
+                    .claim(existing.id)
+                    .ok_or_else(|| busy(&existing))?;
+                let file = match spool_file(&intake, existing.id).await {
+                    Ok(file) => file,
+                    Err(e) => {
+                        intake.receiving.forget(existing.id);
+                        return Err(e);
+                    }
+                };
                 return Ok(Begin::Stream(Box::new(Upload::new(
                     intake.clone(),
                     request,
@@ -193,7 +217,7 @@ pub(super) async fn begin(
                         place,
                     },
                     Sink::new(Some(file)),
-                    CancellationToken::new(),
+                    cancel,
                     (permit, Some(reservation)),
                 ))));
             }
@@ -314,12 +338,16 @@ async fn record(
                 // Its upload ended but recording that failed (a full disk,
                 // say): fail it now so the segment can be pushed again.
                 let reason = "interrupted: the upload ended but its failure could not be recorded";
-                intake.db.fail(
+                let failed = intake.db.fail(
                     existing.id,
                     &[JobState::Receiving],
                     FailureKind::Interrupted,
                     reason,
                 )?;
+                // Those watching or cancelling it learn that it ended.
+                if let Some(failed) = failed {
+                    intake.events.emit(&failed);
+                }
                 return Ok(Recorded::StaleCleared);
             }
             InsertOutcome::Existing(existing) => return Ok(Recorded::Existing(existing)),

@@ -143,22 +143,24 @@ impl Jobs {
     /// A job taken off its queue before any worker saw it.
     async fn cancel_queued(&self, id: JobId) -> Result<Job, EngineError> {
         let (db, spool) = (self.db.clone(), self.spool.clone());
-        let cancelled = blocking(move || {
+        let (cancelled, spool_removed) = blocking(move || {
             let job = db.transition(
                 id,
                 &[JobState::Queued],
                 JobState::Cancelled,
                 "cancelled by request",
             )?;
-            spool.remove(id)?;
-            Ok(job)
+            Ok((job, spool.remove(id)))
         })
         .await?;
+        // The event goes out whatever became of the spool file: a push
+        // waiting for ARCHIVED must learn that the job is over.
+        if let Some(job) = &cancelled {
+            self.events.emit(job);
+        }
+        spool_removed?;
         match cancelled {
-            Some(job) => {
-                self.events.emit(&job);
-                Ok(job)
-            }
+            Some(job) => Ok(job),
             None => self.get(id).await,
         }
     }

@@ -369,6 +369,8 @@ impl Upload {
                 })
             }
             // The job stays ARCHIVED: only the spool of the failed repair goes.
+            // Still claimed until its spool file is gone (`Abandoned::record`):
+            // the next repair creates the same file.
             Mode::Repair { job, place } => Some(Abandoned {
                 intake: self.intake.clone(),
                 id: job.id,
@@ -414,6 +416,7 @@ impl Abandoned {
         // the jobs database record the failure.
         let removed = intake.spool.remove(id);
         if !job_is_new {
+            intake.receiving.forget(id);
             return Ok(removed?);
         }
         let job = match failure {
