@@ -73,12 +73,13 @@ const ONE_WORKER: [&str; 6] = [
 
 /// Pushes `size` bytes at zstd level 19 as `shard`'s log 1 and waits until
 /// the server's one worker compresses it, so the next push stays QUEUED.
+/// The job and the segment's file.
 async fn occupy_the_worker(
     client: &Client,
     dir: &std::path::Path,
     shard: u32,
     size: usize,
-) -> JobId {
+) -> (JobId, std::path::PathBuf) {
     let slow = write_segment(dir, "slow.log", 3, size);
     let running = client
         .push_file(shard, 1, &slow, &slow_options())
@@ -90,7 +91,7 @@ async fn occupy_the_worker(
         (client.job(running).await.ok()?.state == JobState::Compressing).then_some(())
     })
     .await;
-    running
+    (running, slow)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +151,7 @@ async fn cancel_in_every_state() {
     drop(tx);
 
     // COMPRESSING and QUEUED: one worker, busy with a slow segment.
-    let running = occupy_the_worker(&client, dir.path(), 2, 24 << 20).await;
+    let (running, _) = occupy_the_worker(&client, dir.path(), 2, 24 << 20).await;
     let queued_path = write_segment(dir.path(), "queued.log", 4, 100_000);
     let queued = client
         .push_file(2, 2, &queued_path, &PushOptions::default())
@@ -377,7 +378,7 @@ async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
     let dir = tempfile::tempdir().unwrap();
     // Level 19 on 16 MiB takes about 14 s of CPU on this project's machines,
     // far past the 1 s grace.
-    let running = occupy_the_worker(&client, dir.path(), 1, 16 << 20).await;
+    let (running, slow) = occupy_the_worker(&client, dir.path(), 1, 16 << 20).await;
     let mut queued = Vec::new();
     for log_id in 2..=3 {
         let path = write_segment(dir.path(), &format!("q{log_id}"), 10 + log_id, 100_000);
@@ -457,7 +458,7 @@ async fn sigterm_interrupts_after_the_grace_and_keeps_queued_jobs() {
     );
     assert_eq!(
         zstd_decode(&server.archive_path(1, 1)),
-        std::fs::read(dir.path().join("slow.log")).unwrap()
+        std::fs::read(&slow).unwrap()
     );
     for (log_id, id, path) in queued {
         client.wait(id).await.unwrap();

@@ -260,8 +260,7 @@ async fn each_kind_of_call_has_its_own_limit() {
         .unwrap()
         .0
         .remove(0);
-    let holder = rusqlite::Connection::open(server.data_dir.join("jobs.db")).unwrap();
-    holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let lock = server.lock_jobs_db();
     let hold = || {
         let canceller = client.clone();
         tokio::spawn(async move { canceller.cancel(job.id).await })
@@ -292,7 +291,7 @@ async fn each_kind_of_call_has_its_own_limit() {
         "{}",
         refused.message()
     );
-    holder.execute_batch("ROLLBACK;").unwrap();
+    lock.release();
     let _ = held.await.unwrap();
     drop(tx);
     let _ = upload.await.unwrap();
@@ -388,8 +387,7 @@ async fn slow_unary_call_gets_deadline_exceeded() {
 
     // Another process (a backup tool, say) holds the jobs database's write
     // lock: a cancel must wait for it, and gets DEADLINE_EXCEEDED in time.
-    let holder = rusqlite::Connection::open(server.data_dir.join("jobs.db")).unwrap();
-    holder.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let lock = server.lock_jobs_db();
     let late = client.cancel(receiving).await.unwrap_err();
     assert_eq!(late.code(), Some(Code::DeadlineExceeded), "{late}");
     assert!(
@@ -402,8 +400,7 @@ async fn slow_unary_call_gets_deadline_exceeded() {
     let pushing =
         tokio::spawn(async move { push(&mut pusher, header(2, 1, &other), &other).await });
     tokio::time::sleep(Duration::from_millis(600)).await;
-    holder.execute_batch("COMMIT;").unwrap();
-    drop(holder);
+    lock.release();
     pushing.await.unwrap().unwrap();
     // The cancel itself went through once the lock was free.
     assert_eq!(held.await.unwrap().unwrap_err().code(), Code::Cancelled);
