@@ -95,7 +95,14 @@ wait_until() {
     done
 }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-url_of() { echo "http://$(docker port "$1" 50051/tcp | head -1)"; }
+url_of() { echo "http://$(docker port "$1" 50051/tcp | sed -n 1p)"; }
+# Not `docker logs | grep -q`: under pipefail, grep -q leaving at its first
+# match kills a long log's writer with SIGPIPE and the check fails on a hit.
+log_has() { # CONTAINER PATTERN
+    local log
+    log=$(docker logs "$1" 2>&1)
+    grep -q -- "$2" <<<"$log"
+}
 healthy() { "$cli" health --server "$1" --timeout 2; }
 docker_health() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
 is_docker_healthy() { [ "$(docker_health "$1")" = healthy ]; }
@@ -241,7 +248,7 @@ took=$((SECONDS - t0))
 code=$(docker inspect -f '{{.State.ExitCode}}' "$c1")
 [ "$code" = 0 ] || fail "docker stop: exit code $code"
 [ "$took" -lt 45 ] || fail "docker stop took $took s"
-docker logs "$c1" 2>&1 | grep -q 'stopped' || fail "no 'stopped' in the log"
+log_has "$c1" 'stopped' || fail "no 'stopped' in the log"
 pass "docker stop: drained and exited 0 in $took s (grace 45 s, shutdown_grace 30 s)"
 docker start "$c1" >/dev/null
 url=$(url_of "$c1")
@@ -323,7 +330,7 @@ docker volume rm "$run-b" >/dev/null
 rb=$(replica b2 1/2 "$(volume b2)")
 url_b=$(url_of "$rb")
 wait_until 120 "replica b2" healthy "$url_b"
-docker logs "$rb" 2>&1 | grep -q 'rebuilt jobs from the archive store' ||
+log_has "$rb" 'rebuilt jobs from the archive store' ||
     fail "replica b2 did not rebuild from the bucket"
 rebuilt=$(watermark "$url_b" 1)
 if [ "$archived_b" -gt 0 ] && { [ "$rebuilt" = none ] || [ "$rebuilt" -lt "$archived_b" ]; }; then
@@ -342,7 +349,7 @@ for shard in 1 3; do
     check_restores "$url_b" "$shard" "$work/s$shard" "$acked_last"
     pass "shard $shard: rebuilt watermark $before, acknowledged 1..$acked_last; pushed again from its WAL dir: watermark $(watermark "$url_b" "$shard")"
 done
-objects=$(docker exec "$garage" garage bucket info wal-archive | awk -F': *' '/^Objects/ {print $2; exit}')
+objects=$(docker exec "$garage" garage bucket info wal-archive | awk -F': *' '/^Objects/ && !seen++ {print $2}')
 pass "the bucket holds ${objects:-?} objects"
 docker rm -f "$ra" "$rb" "$garage" >/dev/null
 
@@ -366,7 +373,7 @@ pass "pushed and restored byte-exact through both"
 s3_volume=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/var/lib/wal-archiver"}}{{.Name}}{{end}}{{end}}' \
     "$("${compose[@]}" ps -q wal-archiver-s3)")
 local_archives=$(files_of "$s3_volume" 'find /v/archives -name "*.wal.zst" 2>/dev/null | wc -l')
-objects=$("${compose[@]}" exec -T garage garage bucket info wal-archive | awk -F': *' '/^Objects/ {print $2; exit}')
+objects=$("${compose[@]}" exec -T garage garage bucket info wal-archive | awk -F': *' '/^Objects/ && !seen++ {print $2}')
 if [ "$local_archives" != 0 ] || [ "${objects:-0}" -lt 1 ]; then
     fail "wal-archiver-s3: $local_archives archives on its volume, ${objects:-no} objects in the bucket"
 fi
