@@ -10,6 +10,29 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use super::args::ServeArgs;
 use wal_archiver::config::{Config, LogFormat};
 
+/// glibc malloc arenas the server allocates from. By default glibc gives a
+/// thread that meets contention an arena of its own (up to 8 per core) and
+/// each arena keeps the buffers freed into it resident, so the upload buffers
+/// are held once per thread that ever freed them: 16 shards pushing peaked at
+/// 70-80 MiB with the default, 65-75 with two arenas, 57-62 with one, for a
+/// few per cent more server CPU (BENCHMARKS.md, "Memory at 16 shards").
+const MALLOC_ARENAS: libc::c_int = 1;
+
+/// Caps glibc's malloc arenas; call before any thread is started. An
+/// operator's own `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` wins.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let set_by_operator = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+        if !set_by_operator {
+            // SAFETY: mallopt only sets a parameter of the allocator; no
+            // thread of ours is running yet.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
+        }
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref(), std::env::vars(), &args.flags)?;
     init_tracing(config.log_format);
