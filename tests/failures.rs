@@ -475,6 +475,47 @@ async fn client_that_aborts_mid_upload_never_commits() {
     }
 }
 
+/// A segment file that fails to read midway: the push reports the read error,
+/// not the server's view of a short stream, and the server keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_cannot_be_read_fails_with_its_read_error() {
+    struct Unreadable;
+    impl tokio::io::AsyncRead for Unreadable {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("the disk went away")))
+        }
+    }
+    let server = Server::start(&[]);
+    let data = json_segment(3, 700_000);
+    let readable = 600_000;
+    let reader =
+        tokio::io::AsyncReadExt::chain(std::io::Cursor::new(data[..readable].to_vec()), Unreadable);
+    let client = server.client().await;
+    let options = wal_archiver::client::PushOptions::default();
+    let error = client
+        .push_reader(4, 9, Some(data.len() as u64), reader, &options)
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("reading the segment") && message.contains("the disk went away"),
+        "{message}"
+    );
+    let job = terminal_job(&server, 4).await;
+    assert_eq!(job_state(&job), proto::JobState::Failed, "{}", job.reason);
+    eventually(Duration::from_secs(30), || async {
+        server.spool_files().is_empty().then_some(())
+    })
+    .await;
+    assert!(server.archives(4).is_empty());
+
+    pushed_again_whole(&server, 4, 9, &data).await;
+}
+
 /// The segment pushed again, whole, is archived.
 async fn pushed_again_whole(server: &Server, shard: u32, log: u64, data: &[u8]) {
     let mut rpc = server.rpc().await;
