@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::calls::assert_status;
+use common::calls::{assert_status, push_archived};
 use common::disk::{SmallDisk, noise};
 use common::*;
 use tokio_stream::wrappers::ReceiverStream;
@@ -564,9 +564,7 @@ async fn one_repair_of_a_segment_at_a_time() {
     let server = Server::start(&[]);
     let mut rpc = server.rpc().await;
     let data = json_segment(1, 400_000);
-    let mut archived = header(1, 1, &data);
-    archived.ack = proto::AckLevel::Archived as i32;
-    push(&mut rpc, archived, &data).await.unwrap();
+    push_archived(&mut rpc, 1, 1, &data).await;
     std::fs::remove_file(server.archive_path(1, 1)).unwrap();
 
     // The first repair sends half the segment and holds its stream open.

@@ -14,8 +14,9 @@ use wal_archiver::config::{Config, LogFormat};
 /// thread that meets contention an arena of its own (up to 8 per core) and
 /// each arena keeps the buffers freed into it resident, so the upload buffers
 /// are held once per thread that ever freed them: 16 shards pushing peaked at
-/// 70-80 MiB with the default, 65-75 with two arenas, 57-62 with one, for a
-/// few per cent more server CPU (BENCHMARKS.md, "Memory at 16 shards").
+/// 70-80 MiB with the default, 65-75 with two arenas, 57-62 with one; the
+/// server's CPU moved within this VM's noise (BENCHMARKS.md, "Memory at 16
+/// shards").
 const MALLOC_ARENAS: libc::c_int = 1;
 
 /// Caps glibc's malloc arenas; call before any thread is started. An
